@@ -1,0 +1,80 @@
+"""The model card (README.md) written with every exported merge."""
+
+from __future__ import annotations
+
+import yaml
+
+from fusion_ui import __version__
+from fusion_ui.merge import MergePlan
+
+
+def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | None) -> str:
+    """Hub-style card: YAML front matter (base_model, tags) and a human summary with the recipe."""
+    recipe = plan.recipe
+    method = plan.method
+    base = recipe.base or recipe.models[0].model
+    front = {
+        "base_model": [base] if not recipe.base else base,
+        "library_name": "transformers",
+        "tags": ["merge", "fusion_ui", method.name],
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).strip(),
+        "---",
+        "",
+        f"# {recipe.name or 'Merged model'}",
+        "",
+        f"Merged with fusion_ui {__version__} using **{method.title}** "
+        f"(`{method.name}`): {method.summary}",
+        "",
+        f"Reference: {method.reference}.",
+        "",
+        "## Models",
+        "",
+        "| role | model | parameters |",
+        "|---|---|---|",
+    ]
+    if recipe.base:
+        lines.append(f"| base | `{recipe.base}` | |")
+    for i, entry in enumerate(recipe.models):
+        params = ", ".join(f"{k}={v}" for k, v in entry.parameters.items()) or "defaults"
+        lines.append(f"| model {i} | `{entry.model}` | {params} |")
+    globals_ = {p.name: recipe.parameters.get(p.name, p.default) for p in method.global_params()}
+    lines += [
+        "",
+        "## Method and parameters",
+        "",
+        f"- method: `{method.name}`",
+        *(f"- {k}: `{v}`" for k, v in globals_.items()),
+        f"- seed: `{recipe.seed}`" + ("" if method.uses_seed else " (unused: this method is deterministic)"),
+        f"- output dtype: `{str(plan.out_dtype).removeprefix('torch.')}`",
+        f"- tokenizer from: `{recipe.tokenizer_source}`",
+    ]
+    if recipe.include:
+        lines.append(f"- merged tensors only: `{recipe.include}`")
+    if recipe.exclude:
+        lines.append(f"- taken unchanged from the base: `{recipe.exclude}`")
+    if recipe.overrides:
+        lines.append(f"- {len(recipe.overrides)} per-tensor override(s), see the recipe")
+    if plan.warnings:
+        lines += ["", "## Warnings at merge time", "", *(f"- {w}" for w in plan.warnings)]
+    lines += [
+        "",
+        "## Recipe",
+        "",
+        "Reproduce this merge with `fusion-ui merge fusion_ui_recipe.yaml --out DIR` (the same "
+        "recipe gives the same bits on the same device).",
+        "",
+        "```yaml",
+        recipe_yaml.rstrip(),
+        "```",
+    ]
+    if mergekit_notes is not None:
+        lines += [
+            "",
+            "An equivalent mergekit config is in `mergekit_config.yml`. Differences:",
+            "",
+            *(f"- {n}" for n in mergekit_notes),
+        ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,23 @@
+"""Choosing the compute device. Decided per call, never at import time."""
+
+from __future__ import annotations
+
+import torch
+
+from fusion_ui.errors import FusionError
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` = CUDA if available, else CPU; an explicit CUDA request fails clearly without one."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise FusionError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FusionError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use cpu or auto")
+    return dev

@@ -1,0 +1,315 @@
+"""A Hugging Face model folder, read lazily one tensor at a time.
+
+Headers and config are read on open; tensor data is read only by :meth:`Checkpoint.tensor`,
+from memory-mapped safetensors with at most one open handle per shard. Pickle checkpoints
+(``*.bin``) are accepted only when ``torch.load(weights_only=True)`` can read them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from fusion_ui.errors import ModelSourceError, UnsafeCheckpointError
+from fusion_ui.io.safetensors_format import DTYPES, read_header
+from fusion_ui.io.source import ModelSource, resolve_model
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+
+# Files copied from the tokenizer-source model into an export.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a header says about one tensor, without its data."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    file: str  # shard file name, relative to the model folder
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+
+class Checkpoint:
+    """One model: its config, its tensors' metadata, and lazy access to tensor data.
+
+    Use as a context manager (or call :meth:`close`) to release shard handles.
+    """
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+        self.path = source.path
+        self.config = _read_config(self.path)
+        self.format, self.files = _weight_files(self.path)
+        self.tensors: dict[str, TensorInfo] = {}
+        self.metadata: dict[str, str] = {}
+        self._handles: dict[str, object] = {}
+        self._bin_cache: dict[str, dict[str, torch.Tensor]] = {}
+        if self.format == "safetensors":
+            self._read_safetensors_headers()
+        else:
+            self._read_bin_headers()
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, ref: str | os.PathLike[str] | ModelSource) -> Checkpoint:
+        """Open a model by folder path, hub id, or an already resolved source."""
+        source = ref if isinstance(ref, ModelSource) else resolve_model(ref)
+        return cls(source)
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._handles.clear()  # safe_open handles unmap when dropped
+        self._bin_cache.clear()
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.source.ref!r}, {len(self.tensors)} tensors, {self.format})"
+
+    # -- metadata ------------------------------------------------------------------------
+
+    @property
+    def ref(self) -> str:
+        return self.source.ref
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+    @property
+    def architectures(self) -> list[str]:
+        return list(self.config.get("architectures") or [])
+
+    @property
+    def num_params(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    def dtypes(self) -> dict[torch.dtype, int]:
+        """Parameter count per storage dtype."""
+        out: dict[torch.dtype, int] = {}
+        for t in self.tensors.values():
+            out[t.dtype] = out.get(t.dtype, 0) + t.numel
+        return out
+
+    @property
+    def main_dtype(self) -> torch.dtype:
+        """The floating dtype holding most parameters."""
+        floats = {d: n for d, n in self.dtypes().items() if d.is_floating_point}
+        if not floats:
+            return torch.float32
+        return max(floats, key=floats.__getitem__)
+
+    def vocab_size(self) -> int | None:
+        v = self.config.get("vocab_size")
+        if v is None and isinstance(self.config.get("text_config"), dict):
+            v = self.config["text_config"].get("vocab_size")
+        return int(v) if isinstance(v, int) else None
+
+    def tokenizer_files(self) -> list[str]:
+        return [f for f in TOKENIZER_FILES if (self.path / f).is_file()]
+
+    def identity(self) -> dict[str, object]:
+        """What identifies these exact weights on disk: for cache keys."""
+        files = []
+        for f in sorted(self.files):
+            st = (self.path / f).stat()
+            files.append([f, st.st_size, st.st_mtime_ns])
+        cfg = (self.path / "config.json").stat()
+        return {
+            "path": str(self.path),
+            "hub_id": self.source.hub_id,
+            "revision": self.source.revision,
+            "files": files,
+            "config": [cfg.st_size, cfg.st_mtime_ns],
+        }
+
+    # -- data ----------------------------------------------------------------------------
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def names(self) -> Iterator[str]:
+        return iter(self.tensors)
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """Read one tensor (CPU, storage dtype)."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise ModelSourceError(f"{self.ref} has no tensor named {name!r}")
+        if self.format == "safetensors":
+            handle = self._handles.get(info.file)
+            if handle is None:
+                try:
+                    handle = safe_open(str(self.path / info.file), framework="pt", device="cpu")
+                except (SafetensorError, OSError) as exc:
+                    raise ModelSourceError(
+                        f"cannot open {self.path / info.file}: {exc}. Download or copy it again"
+                    ) from exc
+                self._handles[info.file] = handle
+            try:
+                return handle.get_tensor(name)  # type: ignore[attr-defined]
+            except (SafetensorError, OSError) as exc:
+                raise ModelSourceError(
+                    f"cannot read tensor {name!r} from {self.path / info.file}: {exc}"
+                ) from exc
+        return self._bin_shard(info.file)[name]
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _read_safetensors_headers(self) -> None:
+        for file in self.files:
+            header, metadata, _ = read_header(self.path / file)
+            self.metadata.update(metadata)
+            for name, entry in header.items():
+                self._add(TensorInfo(name, tuple(entry["shape"]), DTYPES[entry["dtype"]], file))
+        self._check_index_matches()
+
+    def _read_bin_headers(self) -> None:
+        for file in self.files:
+            for name, t in self._bin_shard(file).items():
+                self._add(TensorInfo(name, tuple(t.shape), t.dtype, file))
+        self._check_index_matches()
+
+    def _add(self, info: TensorInfo) -> None:
+        if info.name in self.tensors:
+            raise ModelSourceError(
+                f"{self.ref}: tensor {info.name!r} is stored twice "
+                f"({self.tensors[info.name].file} and {info.file})"
+            )
+        self.tensors[info.name] = info
+
+    def _check_index_matches(self) -> None:
+        index = self.path / (SAFE_INDEX if self.format == "safetensors" else BIN_INDEX)
+        if not index.is_file():
+            return
+        weight_map = _read_index(index)
+        wrong = [n for n, f in weight_map.items() if self.tensors.get(n) is None or self.tensors[n].file != f]
+        if wrong:
+            raise ModelSourceError(
+                f"{index} lists {len(wrong)} tensor(s) not found in the shard it names "
+                f"(first: {wrong[0]!r}); the download is incomplete or the index is stale"
+            )
+
+    def _bin_shard(self, file: str) -> dict[str, torch.Tensor]:
+        cached = self._bin_cache.get(file)
+        if cached is not None:
+            return cached
+        path = self.path / file
+        try:
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+        except pickle.UnpicklingError as exc:
+            raise UnsafeCheckpointError(
+                f"{path} cannot be loaded safely: it needs full unpickling, which can run "
+                f"arbitrary code ({str(exc).splitlines()[0]}). fusion_ui only loads pickle "
+                f"checkpoints with torch.load(weights_only=True). Convert it to safetensors in "
+                f"an environment you trust, or use a safetensors copy of the model"
+            ) from exc
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise ModelSourceError(f"cannot read {path}: {exc}. Download or copy it again") from exc
+        if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+            sd = sd["state_dict"]
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise ModelSourceError(f"{path} does not hold a flat state dict of tensors")
+        self._bin_cache[file] = sd
+        return sd
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelSourceError(
+            f"{folder} has no config.json; give a Hugging Face model folder "
+            f"(config.json, *.safetensors, tokenizer files)"
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelSourceError(f"{path} is not a JSON object")
+    return config
+
+
+def _read_index(index: Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelSourceError(f"{index} is not a valid shard index: {exc}") from exc
+    if not isinstance(weight_map, dict):
+        raise ModelSourceError(f"{index}: weight_map is not an object")
+    return {str(k): str(v) for k, v in weight_map.items()}
+
+
+def _weight_files(folder: Path) -> tuple[str, list[str]]:
+    """Which files hold the weights: safetensors preferred, then weights-only pickles."""
+    for fmt, index_name, single in (
+        ("safetensors", SAFE_INDEX, SAFE_SINGLE),
+        ("pytorch", BIN_INDEX, BIN_SINGLE),
+    ):
+        index = folder / index_name
+        if index.is_file():
+            files = sorted(set(_read_index(index).values()))
+            missing = [f for f in files if not (folder / f).is_file()]
+            if missing:
+                raise ModelSourceError(
+                    f"{index} points to missing shard(s): {', '.join(missing)}. "
+                    f"The download is incomplete: fetch those files again"
+                )
+            return fmt, files
+        if (folder / single).is_file():
+            return fmt, [single]
+    loose = sorted(
+        p.name for p in folder.glob("*.safetensors") if not p.name.startswith("adapter_model")
+    )
+    if loose:
+        return "safetensors", loose
+    raise ModelSourceError(
+        f"{folder} holds no weights: expected {SAFE_SINGLE}, {SAFE_INDEX} with its shards, "
+        f"or {BIN_SINGLE}"
+    )

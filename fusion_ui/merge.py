@@ -1,0 +1,311 @@
+"""Planning and running a merge, one tensor at a time.
+
+``plan_merge`` opens the models (headers only), checks them, resolves every tensor's
+parameters and samples a few deltas, so that every error a user can fix is raised before any
+heavy work. ``run_merge`` then reads each tensor from each model, computes in float32 on the
+chosen device, casts to the output dtype and hands the result to a sink (memory, a loaded
+model, or shards on disk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fusion_ui.device import resolve_device
+from fusion_ui.errors import IncompatibleModelsError, RecipeError, TensorValueError
+from fusion_ui.inspect import CompatibilityReport, check_compatibility
+from fusion_ui.io.checkpoint import Checkpoint
+from fusion_ui.io.writer import ModelSink, StateDictSink, TensorSink, TensorSpec
+from fusion_ui.methods import MergeMethod
+from fusion_ui.methods.base import TensorContext
+from fusion_ui.progress import CancelToken, ProgressCallback, report
+from fusion_ui.recipe import Recipe
+from fusion_ui.tensor_names import layer_index, module_kind, num_layers_from_config
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# ‖δ‖/‖θ0‖ above this on sampled tensors: the "fine-tune" is not a fine-tune of this base.
+# Fine-tunes sit far below (typically < 0.05); unrelated models of the same shape near 1.4.
+UNRELATED_REL_DELTA = 0.5
+# DARE works while |δ| mostly stays below ~0.005 and fails from ~0.01 (Yu et al. 2023).
+DARE_SAFE_DELTA = 0.005
+
+
+@dataclass(frozen=True)
+class TensorJob:
+    """One output tensor: where it comes from and what it becomes."""
+
+    name: str
+    shape: tuple[int, ...]  # output shape (the reference model's)
+    dtype: torch.dtype  # output dtype
+    merged: bool  # False: taken unchanged from the reference model (excluded, or not float)
+    params: dict[str, Any] = field(default_factory=dict)  # resolved global parameters
+    model_params: tuple[dict[str, Any], ...] = ()  # resolved per-model parameters
+
+    @property
+    def spec(self) -> TensorSpec:
+        return TensorSpec(self.name, self.shape, self.dtype)
+
+
+@dataclass
+class MergePlan:
+    """An opened, checked merge, ready to run (possibly several times, into different sinks)."""
+
+    recipe: Recipe
+    method: MergeMethod
+    base: Checkpoint | None
+    models: list[Checkpoint]
+    reference: Checkpoint  # layout, config and unmerged tensors come from here
+    jobs: list[TensorJob]
+    out_dtype: torch.dtype
+    num_layers: int | None
+    compatibility: CompatibilityReport
+    warnings: list[str] = field(default_factory=list)
+    delta_stats: list[dict[str, Any]] = field(default_factory=list)  # pre-flight sample per model
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(j.spec.nbytes for j in self.jobs)
+
+    def close(self) -> None:
+        for c in {self.reference, *self.models}:
+            c.close()
+
+    def __enter__(self) -> MergePlan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def output_dtype(recipe: Recipe, reference: Checkpoint) -> torch.dtype:
+    return _DTYPES[recipe.dtype] if recipe.dtype else reference.main_dtype
+
+
+def plan_merge(
+    recipe: Recipe, *, allow_large_deltas: bool = False, preflight: bool = True
+) -> MergePlan:
+    """Open and check everything a merge needs; raise every fixable error now."""
+    recipe.validate_for_method()
+    method = recipe.merge_method
+    opened: list[Checkpoint] = []
+    try:
+        base = None
+        if recipe.base:
+            base = Checkpoint.open(recipe.base)
+            opened.append(base)
+        models = []
+        for entry in recipe.models:
+            ckpt = Checkpoint.open(entry.model)
+            opened.append(ckpt)
+            models.append(ckpt)
+        reference = base if base is not None else models[0]
+        others = models if base is not None else models[1:]
+        compat = check_compatibility(reference, others)
+        if compat.errors:
+            raise IncompatibleModelsError(
+                "the models cannot be merged tensor by tensor:\n"
+                + "\n".join(f"- {f.model}: {f.message}" for f in compat.errors[:30])
+                + (f"\n... and {len(compat.errors) - 30} more" if len(compat.errors) > 30 else "")
+            )
+        if compat.vocab_crops and recipe.vocab == "error":
+            raise IncompatibleModelsError(
+                "vocabulary sizes differ and the recipe says `vocab: error`; set "
+                "`vocab: crop_to_base` to crop the extra embedding rows"
+            )
+        num_layers = num_layers_from_config(reference.config) or _count_layers(reference)
+        out_dtype = output_dtype(recipe, reference)
+        jobs = []
+        for name, info in reference.tensors.items():
+            floating = info.dtype.is_floating_point
+            merged = floating and recipe.is_merged(name)
+            params, model_params = recipe.resolve(name, num_layers) if merged else ({}, [])
+            if merged:
+                try:
+                    method.check(params, model_params)
+                except RecipeError as exc:
+                    raise RecipeError(f"tensor {name}: {exc}") from None
+            jobs.append(TensorJob(
+                name=name,
+                shape=info.shape,
+                dtype=out_dtype if floating else info.dtype,
+                merged=merged,
+                params=params,
+                model_params=tuple(model_params),
+            ))
+        _check_tokenizer_source(recipe, reference, models, compat)
+        plan = MergePlan(
+            recipe=recipe, method=method, base=base, models=models, reference=reference,
+            jobs=jobs, out_dtype=out_dtype, num_layers=num_layers, compatibility=compat,
+        )
+        plan.warnings += [f"{f.model}: {f.message}" for f in compat.findings if f.severity == "warning"]
+        if preflight and method.needs_base and base is not None:
+            _preflight_deltas(plan, allow_large_deltas)
+        return plan
+    except BaseException:
+        for c in opened:
+            c.close()
+        raise
+
+
+def run_merge(
+    plan: MergePlan,
+    sink: TensorSink,
+    *,
+    device: str | torch.device = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> None:
+    """Compute every tensor of the plan and hand it to ``sink``, in plan order."""
+    dev = resolve_device(device)
+    sink.begin([j.spec for j in plan.jobs])
+    try:
+        total = len(plan.jobs)
+        for k, job in enumerate(plan.jobs):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            sink.write(job.name, compute_tensor(plan, job, dev))
+            report(progress, k + 1, total, job.name)
+        sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+
+
+def compute_tensor(plan: MergePlan, job: TensorJob, device: torch.device) -> torch.Tensor:
+    """One output tensor, on the CPU in the output dtype."""
+    rows = job.shape[0] if job.shape else None
+    if not job.merged:
+        t = _read(plan.reference, job.name, rows)
+        return t.to(job.dtype) if t.is_floating_point() else t
+    base = None
+    if plan.method.needs_base or (plan.base is not None and _uses_base(plan.method)):
+        assert plan.base is not None
+        base = _read(plan.base, job.name, rows).to(device=device, dtype=torch.float32)
+    models = [_read(m, job.name, rows).to(device=device, dtype=torch.float32) for m in plan.models]
+    ctx = TensorContext(
+        name=job.name,
+        base=base,
+        models=models,
+        model_params=list(job.model_params),
+        params=dict(job.params),
+        seed=plan.recipe.seed,
+        model_indices=tuple(range(len(models))),
+    )
+    out = plan.method.merge(ctx)
+    return out.to(dtype=job.dtype).cpu()
+
+
+def merge_to_state_dict(
+    recipe: Recipe,
+    *,
+    device: str | torch.device = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    allow_large_deltas: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Merge in memory and return the merged state dict (CPU tensors)."""
+    with plan_merge(recipe, allow_large_deltas=allow_large_deltas) as plan:
+        sink = StateDictSink()
+        run_merge(plan, sink, device=device, progress=progress, cancel=cancel)
+        return sink.state_dict
+
+
+def merge_into_model(
+    recipe: Recipe,
+    model: torch.nn.Module,
+    *,
+    device: str | torch.device = "auto",
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    allow_large_deltas: bool = False,
+) -> torch.nn.Module:
+    """Merge straight into a loaded model of the base's architecture (a preview), in place."""
+    with plan_merge(recipe, allow_large_deltas=allow_large_deltas) as plan:
+        run_merge(plan, ModelSink(model), device=device, progress=progress, cancel=cancel)
+    return model
+
+
+# -- internals ---------------------------------------------------------------------------
+
+
+def _uses_base(method: MergeMethod) -> bool:
+    # slerp of task vectors reads the base although slerp itself does not need one
+    return any(p.name == "on_deltas" for p in method.params)
+
+
+def _read(ckpt: Checkpoint, name: str, rows: int | None) -> torch.Tensor:
+    t = ckpt.tensor(name)
+    if rows is not None and t.dim() >= 1 and t.shape[0] > rows:
+        t = t[:rows]  # vocabulary crop to the base's rows (checked in plan_merge)
+    if t.is_floating_point():
+        bad = t.numel() - int(torch.isfinite(t).sum())
+        if bad:
+            raise TensorValueError(
+                f"{ckpt.ref}: tensor {name!r} in {ckpt.tensors[name].file} holds {bad} NaN/inf "
+                f"value(s); that checkpoint is broken: re-download it or leave it out of the merge"
+            )
+    return t
+
+
+def _count_layers(ckpt: Checkpoint) -> int | None:
+    layers = [i for i in (layer_index(n) for n in ckpt.tensors) if i is not None]
+    return max(layers) + 1 if layers else None
+
+
+def _check_tokenizer_source(
+    recipe: Recipe, reference: Checkpoint, models: list[Checkpoint], compat: CompatibilityReport
+) -> None:
+    src = recipe.tokenizer_source
+    if not src.startswith("model:"):
+        return
+    i = recipe.model_index(src[len("model:"):])
+    model = models[i]
+    if model.vocab_size() != reference.vocab_size() and compat.vocab_crops:
+        raise RecipeError(
+            f"tokenizer_source {src} ({model.ref}) has {model.vocab_size()} tokens but the merge "
+            f"keeps the base's {reference.vocab_size()} embedding rows; use tokenizer_source: base"
+        )
+
+
+@torch.no_grad()
+def _preflight_deltas(plan: MergePlan, allow_large: bool) -> None:
+    """Sample a few weight matrices to catch a wrong base before the heavy work."""
+    assert plan.base is not None
+    candidates = [
+        j for j in plan.jobs
+        if j.merged and len(j.shape) == 2 and module_kind(j.name) not in ("embed", "lm_head")
+    ]
+    if not candidates:
+        return
+    picks = {candidates[0].name, candidates[len(candidates) // 2].name, candidates[-1].name}
+    for model in plan.models:
+        rels, medians = [], []
+        for name in sorted(picks):
+            base = _read(plan.base, name, None).float()
+            delta = _read(model, name, None).float() - base
+            norm0 = float(base.norm())
+            rels.append(float(delta.norm()) / norm0 if norm0 > 0 else 0.0)
+            sample = delta.reshape(-1)[:: max(1, delta.numel() // 1_000_000)].abs()
+            medians.append(float(sample.median()))
+        rel, median = max(rels), max(medians)
+        plan.delta_stats.append({"model": model.ref, "rel_delta": rel, "median_abs_delta": median})
+        if rel > UNRELATED_REL_DELTA and not allow_large:
+            raise IncompatibleModelsError(
+                f"{model.ref} does not look like a fine-tune of the base {plan.base.ref}: "
+                f"‖δ‖/‖θ0‖ = {rel:.2f} on sampled weights (fine-tunes are usually below 0.05; "
+                f"unrelated models of the same shape give ~1.4), median |δ| = {median:.4g}. "
+                f"Check that the base is the model it was fine-tuned from, or pass "
+                f"--allow-large-deltas (allow_large_deltas=True) to merge anyway"
+            )
+        if rel > UNRELATED_REL_DELTA:
+            plan.warnings.append(f"{model.ref}: ‖δ‖/‖θ0‖ = {rel:.2f}; merging anyway as asked")
+        sparsifier = getattr(plan.method, "sparsifier", None)
+        if sparsifier in ("dare", "della") and median > DARE_SAFE_DELTA:
+            plan.warnings.append(
+                f"{model.ref}: median |δ| = {median:.4g} on sampled weights; DARE works while deltas "
+                f"stay below ~{DARE_SAFE_DELTA} and tends to fail from ~0.01 (Yu et al. 2023)"
+            )

@@ -1,0 +1,29 @@
+"""The registry of merge methods. Each declares its parameters (see :mod:`.params`)."""
+
+from __future__ import annotations
+
+from fusion_ui.errors import RecipeError
+from fusion_ui.methods.base import MergeMethod, TensorContext
+from fusion_ui.methods.linear import LinearMerge
+from fusion_ui.methods.model_stock import ModelStockMerge
+from fusion_ui.methods.params import ParamSpec
+from fusion_ui.methods.slerp import SlerpMerge
+from fusion_ui.methods.task_arithmetic import TASK_ARITHMETIC_METHODS
+
+METHODS: dict[str, MergeMethod] = {
+    m.name: m
+    for m in (LinearMerge(), *TASK_ARITHMETIC_METHODS, SlerpMerge(), ModelStockMerge())
+}
+
+
+def get_method(name: str) -> MergeMethod:
+    """The method registered under ``name``; a clear error lists the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise RecipeError(
+            f"unknown merge method {name!r}; known methods: {', '.join(METHODS)}"
+        ) from None
+
+
+__all__ = ["METHODS", "MergeMethod", "ParamSpec", "TensorContext", "get_method"]

@@ -1,0 +1,34 @@
+"""Linear merge (weighted average): model soups, and LM-Cocktail's mixing step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fusion_ui.errors import RecipeError
+from fusion_ui.methods.base import MergeMethod, TensorContext
+from fusion_ui.methods.params import WEIGHT, normalize_spec
+
+
+class LinearMerge(MergeMethod):
+    name = "linear"
+    title = "Linear (weighted average)"
+    summary = "Σ wi θi / Σ wi: average the models' weights; list the base as a model to mix it in."
+    reference = "Wortsman et al. 2022 (model soups); Xiao et al. 2023, LM-Cocktail (arXiv 2311.13534)"
+    needs_base = False
+    params = (WEIGHT, normalize_spec(True))
+
+    def check(self, params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
+        if params["normalize"] and sum(mp["weight"] for mp in model_params) <= 0:
+            raise RecipeError("linear: the weights sum to 0; give at least one model a positive weight")
+
+    @torch.no_grad()
+    def merge(self, ctx: TensorContext) -> torch.Tensor:
+        weights = [float(mp["weight"]) for mp in ctx.model_params]
+        out = ctx.models[0] * weights[0]
+        for theta, w in zip(ctx.models[1:], weights[1:], strict=True):
+            out.add_(theta, alpha=w)
+        if ctx.params["normalize"]:
+            out /= sum(weights)
+        return out

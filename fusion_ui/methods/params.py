@@ -1,0 +1,123 @@
+"""Parameter schemas: each merge method declares its parameters so a UI can build its controls.
+
+A parameter is global (one value for the merge) or per model (one value per fine-tune). Float
+parameters may also be given as a ramp: a list of values spread evenly across the layers and
+interpolated linearly between them (mergekit calls these gradients).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from fusion_ui.errors import RecipeError
+
+ParamKind = Literal["float", "int", "bool", "choice"]
+Scalar = float | int | bool | str
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of a merge method, with what a UI needs to draw its control."""
+
+    name: str  # key in recipes (``weight``, ``drop_rate``, ``lambda``...)
+    default: Scalar  # value used when a recipe leaves it out
+    per_model: bool = False  # one value per fine-tune (True) or one for the merge (False)
+    kind: ParamKind = "float"
+    minimum: float | None = None  # inclusive unless min_inclusive is False
+    maximum: float | None = None  # inclusive unless max_inclusive is False
+    min_inclusive: bool = True
+    max_inclusive: bool = True
+    choices: tuple[str, ...] = ()  # for kind == "choice"
+    label: str = ""  # short UI label
+    help: str = ""  # one sentence: what moving it does
+    step: float = 0.01  # slider step for floats
+
+    def check(self, value: Any, where: str) -> Scalar:
+        """Validate and coerce one scalar value; ``where`` names it in the error."""
+        name = f"{where}{self.name}"
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise RecipeError(f"{name} must be true or false, got {value!r}")
+        if self.kind == "choice":
+            if isinstance(value, str) and value in self.choices:
+                return value
+            raise RecipeError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{name} must be a number, got {value!r}")
+        if self.kind == "int":
+            if float(value) != int(value):
+                raise RecipeError(f"{name} must be a whole number, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if not math.isfinite(value):
+            raise RecipeError(f"{name} must be finite, got {value!r}")
+        lo, hi = self.minimum, self.maximum
+        if lo is not None and (value < lo or (value == lo and not self.min_inclusive)):
+            raise RecipeError(f"{name} = {value} is out of range: {self.range_text()}")
+        if hi is not None and (value > hi or (value == hi and not self.max_inclusive)):
+            raise RecipeError(f"{name} = {value} is out of range: {self.range_text()}")
+        return value
+
+    def range_text(self) -> str:
+        lo = "-inf" if self.minimum is None else f"{self.minimum:g}"
+        hi = "inf" if self.maximum is None else f"{self.maximum:g}"
+        left = "[" if self.min_inclusive and self.minimum is not None else "("
+        right = "]" if self.max_inclusive and self.maximum is not None else ")"
+        return f"{self.name} must be in {left}{lo}, {hi}{right}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a UI or a JSON schema dump."""
+        d = asdict(self)
+        d["choices"] = list(self.choices)
+        return d
+
+
+# Parameters shared by several methods, declared once.
+WEIGHT = ParamSpec(
+    "weight", 1.0, per_model=True, minimum=0.0, maximum=10.0,
+    label="weight", help="How much of this model's change goes into the merge.",
+)
+SIGNED_WEIGHT = ParamSpec(
+    "weight", 1.0, per_model=True, minimum=-10.0, maximum=10.0,
+    label="weight", help="How much of this model's task vector is added; negative subtracts it (task negation).",
+)
+LAMBDA = ParamSpec(
+    "lambda", 1.0, minimum=0.0, maximum=10.0,
+    label="λ (scale)", help="Scales the merged task vector before it is added to the base.",
+)
+SEED = ParamSpec(
+    "seed", 0, kind="int", minimum=0, maximum=2**31 - 1, step=1,
+    label="seed", help="Seeds the random drop masks; the same seed gives the same merge.",
+)
+RESCALE = ParamSpec(
+    "rescale", "inverse", kind="choice", choices=("inverse", "l1", "none"),
+    label="rescale",
+    help="inverse: survivors × 1/(1-p) as in the DARE paper; l1: match the L1 norm (mergekit); none: ablation.",
+)
+PRUNE_RESCALE = ParamSpec(
+    "rescale", "none", kind="choice", choices=("none", "inverse", "l1"),
+    label="rescale",
+    help="none: keep survivors as they are; inverse: × 1/density; l1: match the L1 norm.",
+)
+DROP_RATE = ParamSpec(
+    "drop_rate", 0.9, per_model=True, minimum=0.0, maximum=1.0, max_inclusive=False,
+    label="drop rate p", help="Share of this model's delta elements dropped at random (DARE's p).",
+)
+
+
+def normalize_spec(default: bool) -> ParamSpec:
+    return ParamSpec(
+        "normalize", default, kind="bool", label="normalize",
+        help="Divide the summed deltas by the summed weights (a weighted mean instead of a sum).",
+    )
+
+
+def density_spec(default: float, help: str) -> ParamSpec:
+    return ParamSpec(
+        "density", default, per_model=True, minimum=0.0, maximum=1.0, min_inclusive=False,
+        label="density", help=help,
+    )

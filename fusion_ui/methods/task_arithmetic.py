@@ -1,0 +1,192 @@
+"""Task arithmetic and the methods that are settings of it: TIES, DARE, breadcrumbs, DELLA.
+
+Every one of them is ``θ0 + λ · mix(w_i · sparsify(δ_i))`` with ``δ_i = θ_i − θ0``:
+``sparsify`` is nothing, top-k magnitude (TIES), a random Bernoulli drop (DARE), a magnitude
+band (breadcrumbs), a magnitude-ranked random drop (DELLA) or a magnitude prune (the DARE
+paper's ablation); ``mix`` is a plain sum, or TIES' sign election and disjoint sum. With
+``normalize`` the sum is divided by the summed weights (for TIES: of the agreeing models).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from fusion_ui.errors import RecipeError
+from fusion_ui.methods.base import MergeMethod, TensorContext
+from fusion_ui.methods.consensus import disjoint_sum, elect_sign
+from fusion_ui.methods.params import (
+    DROP_RATE,
+    LAMBDA,
+    PRUNE_RESCALE,
+    RESCALE,
+    SIGNED_WEIGHT,
+    WEIGHT,
+    ParamSpec,
+    density_spec,
+    normalize_spec,
+)
+from fusion_ui.methods.sparsify import breadcrumbs, dare, della, magnitude_prune
+
+Sparsifier = Literal["none", "magnitude", "dare", "magnitude_prune", "breadcrumbs", "della"]
+
+GAMMA = ParamSpec(
+    "gamma", 0.01, per_model=True, minimum=0.0, maximum=1.0, max_inclusive=False, step=0.001,
+    label="γ (outliers)", help="Share of the largest-|δ| elements dropped as outliers.",
+)
+EPSILON = ParamSpec(
+    "epsilon", 0.15, per_model=True, minimum=0.0, maximum=0.5,
+    label="ε (spread)", help="Keep probability ranges over density ± ε, rising with |δ| rank in each row.",
+)
+PRUNE_DROP_RATE = ParamSpec(
+    "drop_rate", 0.9, per_model=True, minimum=0.0, maximum=1.0, max_inclusive=False,
+    label="drop rate p", help="Share of the smallest-|δ| elements of this model's delta dropped.",
+)
+
+
+class TaskArithmeticFamily(MergeMethod):
+    """One configurable method; the registry holds its named settings."""
+
+    needs_base = True
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        title: str,
+        summary: str,
+        reference: str,
+        sparsifier: Sparsifier,
+        consensus: bool,
+        params: tuple[ParamSpec, ...],
+    ) -> None:
+        self.name = name
+        self.title = title
+        self.summary = summary
+        self.reference = reference
+        self.sparsifier = sparsifier
+        self.consensus = consensus
+        self.params = params
+        self.uses_seed = sparsifier in ("dare", "della")
+
+    def check(self, params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
+        if self.sparsifier == "della":
+            for i, mp in enumerate(model_params):
+                d, e = mp["density"], mp["epsilon"]
+                if d < 1.0 and not (d - e > 0.0 and d + e <= 1.0):
+                    raise RecipeError(
+                        f"model {i}: density ± epsilon must stay inside (0, 1]; got density={d}, "
+                        f"epsilon={e}. Lower epsilon or move density away from 0 and 1"
+                    )
+        if params["normalize"] and not self.consensus:
+            if abs(sum(mp["weight"] for mp in model_params)) < 1e-8:
+                raise RecipeError(
+                    "the weights sum to 0, so normalize would divide by 0: change a weight or "
+                    "turn normalize off"
+                )
+
+    def sparsify(self, delta: torch.Tensor, mp: dict[str, Any], ctx: TensorContext, i: int) -> torch.Tensor:
+        s = self.sparsifier
+        if s == "none":
+            return delta
+        if s == "magnitude":
+            return magnitude_prune(delta, mp["density"])
+        if s == "dare":
+            return dare(delta, mp["drop_rate"], ctx.key(i), rescale=ctx.params["rescale"])
+        if s == "magnitude_prune":
+            return magnitude_prune(delta, 1.0 - mp["drop_rate"], rescale=ctx.params["rescale"])
+        if s == "breadcrumbs":
+            return breadcrumbs(delta, mp["density"], mp["gamma"])
+        if s == "della":
+            return della(delta, mp["density"], mp["epsilon"], ctx.key(i), rescale=ctx.params["rescale"])
+        raise AssertionError(s)
+
+    @torch.no_grad()
+    def merge(self, ctx: TensorContext) -> torch.Tensor:
+        base = ctx.base
+        assert base is not None
+        weighted: list[torch.Tensor] = []
+        weights: list[float] = []
+        for i, (theta, mp) in enumerate(zip(ctx.models, ctx.model_params, strict=True)):
+            delta = self.sparsify(theta - base, mp, ctx, i)
+            weighted.append(delta.mul_(mp["weight"]))
+            weights.append(float(mp["weight"]))
+        if self.consensus:
+            sign = elect_sign(weighted)
+            mixed, divisor = disjoint_sum(weighted, weights, sign)
+            if ctx.params["normalize"]:
+                mixed /= divisor
+        else:
+            mixed = weighted[0]
+            for wd in weighted[1:]:
+                mixed += wd
+            if ctx.params["normalize"]:
+                mixed /= sum(weights)
+        lam = ctx.params["lambda"]
+        if lam != 1.0:
+            mixed *= lam
+        return mixed.add_(base)
+
+
+def _family(
+    name: str, title: str, summary: str, reference: str, sparsifier: Sparsifier, consensus: bool,
+    extra: tuple[ParamSpec, ...],
+) -> TaskArithmeticFamily:
+    weight = WEIGHT if consensus else SIGNED_WEIGHT
+    # TIES' disjoint mean divides by the agreeing weights by definition; plain sums do not.
+    params = (weight, *extra, LAMBDA, normalize_spec(consensus))
+    return TaskArithmeticFamily(
+        name=name, title=title, summary=summary, reference=reference,
+        sparsifier=sparsifier, consensus=consensus, params=params,
+    )
+
+
+_TIES_REF = "Yadav et al. 2023, TIES-Merging (arXiv 2306.01708)"
+_DARE_REF = "Yu et al. 2023, Language Models are Super Mario (arXiv 2311.03099)"
+_BREAD_REF = "Davari & Belilovsky 2023, Model Breadcrumbs (arXiv 2312.06795)"
+_DELLA_REF = "Deep et al. 2024, DELLA-Merging (arXiv 2406.11617)"
+_TIES_DENSITY = density_spec(0.2, "Share of largest-|δ| elements each model keeps (TIES' top-k; the paper uses 0.2).")
+
+TASK_ARITHMETIC_METHODS: tuple[TaskArithmeticFamily, ...] = (
+    _family(
+        "task_arithmetic", "Task arithmetic", "θ0 + λ Σ wi δi: add the fine-tunes' task vectors to the base.",
+        "Ilharco et al. 2023, Editing Models with Task Arithmetic (arXiv 2212.04089)", "none", False, (),
+    ),
+    _family(
+        "ties", "TIES", "Trim each delta to its top-k, elect a sign per element, average the agreeing deltas.",
+        _TIES_REF, "magnitude", True, (_TIES_DENSITY,),
+    ),
+    _family(
+        "dare_linear", "DARE + task arithmetic", "Drop each delta element with probability p, rescale by 1/(1-p), add up.",
+        _DARE_REF, "dare", False, (DROP_RATE, RESCALE),
+    ),
+    _family(
+        "dare_ties", "DARE + TIES", "DARE's random drop and rescale, then TIES' sign election and disjoint mean.",
+        _DARE_REF, "dare", True, (DROP_RATE, RESCALE),
+    ),
+    _family(
+        "magnitude_prune", "Magnitude prune (DARE ablation)", "Keep the largest 1-p of each delta instead of a random 1-p.",
+        _DARE_REF + ", Fig. 8", "magnitude_prune", False, (PRUNE_DROP_RATE, PRUNE_RESCALE),
+    ),
+    _family(
+        "breadcrumbs", "Model Breadcrumbs", "Drop the largest γ and the smallest deltas, keep the middle band, add up.",
+        _BREAD_REF, "breadcrumbs", False,
+        (density_spec(0.9, "Share of delta elements kept after removing outliers and the smallest."), GAMMA),
+    ),
+    _family(
+        "breadcrumbs_ties", "Model Breadcrumbs + TIES", "Breadcrumbs' band, then TIES' sign election and disjoint mean.",
+        _BREAD_REF, "breadcrumbs", True,
+        (density_spec(0.9, "Share of delta elements kept after removing outliers and the smallest."), GAMMA),
+    ),
+    _family(
+        "della", "DELLA", "Random drop whose keep probability rises with |δ| rank in each row, rescaled, added up.",
+        _DELLA_REF, "della", False,
+        (density_spec(0.5, "Mean keep probability of delta elements."), EPSILON, RESCALE),
+    ),
+    _family(
+        "della_ties", "DELLA + TIES", "DELLA's ranked random drop, then TIES' sign election and disjoint mean.",
+        _DELLA_REF, "della", True,
+        (density_spec(0.5, "Mean keep probability of delta elements."), EPSILON, RESCALE),
+    ),
+)

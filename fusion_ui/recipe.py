@@ -1,0 +1,363 @@
+"""Recipes: a YAML file that fully describes a merge, and its per-tensor parameter resolution.
+
+Example::
+
+    method: dare_ties
+    base: ./base                      # folder or hub id (org/name@revision)
+    models:
+      - model: ./expert_a
+        weight: 0.5
+        drop_rate: 0.9
+      - model: ./expert_b
+        weight: 0.5
+        drop_rate: [0.95, 0.8]        # a ramp: 0.95 at the first layer -> 0.8 at the last
+    parameters: {lambda: 1.0, rescale: inverse}
+    seed: 0
+    dtype: bfloat16                   # default: the base's dtype
+    tokenizer_source: base            # base, model:N, or a folder/hub id
+    exclude: ["*embed_tokens*", "lm_head.*"]   # taken from the base unchanged
+    overrides:
+      - match: "*.self_attn.*"
+        layers: [0, 3]
+        parameters: {drop_rate: 0.5}
+
+Relative paths are resolved against the recipe file's folder first, then the working folder.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fusion_ui.errors import RecipeError
+from fusion_ui.methods import MergeMethod, get_method
+from fusion_ui.methods.params import ParamSpec
+from fusion_ui.tensor_names import is_input_side, layer_index
+
+RECIPE_VERSION = 1
+ParamValue = Union[bool, int, float, str, list[float]]  # noqa: UP007 (pydantic reads it at runtime)
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+# Names a recipe may use for the same quantity: density = 1 - drop_rate.
+_COMPLEMENTS = {"density": "drop_rate", "drop_rate": "density"}
+
+
+class ModelEntry(BaseModel):
+    """One model of the merge and its per-model parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str  # folder or hub id (org/name[@revision])
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_parameters(cls, data: Any) -> Any:
+        """Accept ``{model: x, weight: 0.5}`` as well as ``{model: x, parameters: {weight: 0.5}}``."""
+        if isinstance(data, str):
+            return {"model": data}
+        if isinstance(data, dict):
+            data = dict(data)
+            params = dict(data.pop("parameters", None) or {})
+            for key in [k for k in data if k != "model"]:
+                params[key] = data.pop(key)
+            data["parameters"] = params
+        return data
+
+
+class Override(BaseModel):
+    """Parameter values for the tensors that match a name pattern and/or a layer range."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    match: list[str] = Field(default_factory=lambda: ["*"])  # globs, or "re:<regex>"
+    layers: tuple[int, int] | None = None  # inclusive layer range; tensors outside layers never match
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)  # global, or per-model for all
+    models: dict[Union[int, str], dict[str, ParamValue]] = Field(default_factory=dict)  # noqa: UP007
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    def applies_to(self, name: str, layer: int | None) -> bool:
+        if self.layers is not None:
+            if layer is None or not self.layers[0] <= layer <= self.layers[1]:
+                return False
+        return name_matches(name, self.match)
+
+
+class Recipe(BaseModel):
+    """A complete, reproducible description of a merge."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fusion_ui: int = RECIPE_VERSION  # recipe format version
+    method: str
+    base: str | None = None  # θ0; required by methods that use task vectors
+    models: list[ModelEntry]
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+    seed: int = 0
+    dtype: Dtype | None = None  # output dtype; None = the base's (or first model's) dtype
+    tokenizer_source: str = "base"  # "base", "model:N", or a folder / hub id
+    include: list[str] = Field(default_factory=list)  # if set, only these tensors are merged
+    exclude: list[str] = Field(default_factory=list)  # these tensors come from the base unchanged
+    overrides: list[Override] = Field(default_factory=list)
+    vocab: Literal["crop_to_base", "error"] = "crop_to_base"  # embeddings with extra rows
+    name: str | None = None  # shown in the model card
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_range(cls, v: int) -> int:
+        if not 0 <= v < 2**63:
+            raise ValueError("seed must be a non-negative integer")
+        return v
+
+    @cached_property
+    def merge_method(self) -> MergeMethod:
+        return get_method(self.method)
+
+    # -- validation that needs the method ------------------------------------------------
+
+    def validate_for_method(self) -> None:
+        """Check model counts and every parameter name and value (ramp anchors included)."""
+        m = self.merge_method
+        n = len(self.models)
+        if m.needs_base and not self.base:
+            raise RecipeError(f"method {m.name!r} needs a base model: set `base:` in the recipe")
+        if n < m.min_models:
+            raise RecipeError(f"method {m.name!r} needs at least {m.min_models} model(s), got {n}")
+        if m.max_models is not None and n > m.max_models:
+            raise RecipeError(f"method {m.name!r} takes at most {m.max_models} model(s), got {n}")
+        _check_values(m, self.parameters, "parameters.", allow_per_model=True)
+        for i, entry in enumerate(self.models):
+            _check_values(m, entry.parameters, f"models[{i}].", allow_per_model=True, only_per_model=True)
+        for j, ov in enumerate(self.overrides):
+            _check_values(m, ov.parameters, f"overrides[{j}].parameters.", allow_per_model=True)
+            for key, values in ov.models.items():
+                self.model_index(key)  # raises if unknown
+                _check_values(m, values, f"overrides[{j}].models[{key}].", allow_per_model=True, only_per_model=True)
+        if self.tokenizer_source.startswith("model:"):
+            self.model_index(self.tokenizer_source[len("model:"):])
+
+    def model_index(self, key: int | str) -> int:
+        """Index of a model named by position or by its reference string."""
+        if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            i = int(key)
+            if 0 <= i < len(self.models):
+                return i
+        else:
+            for i, entry in enumerate(self.models):
+                if entry.model == key:
+                    return i
+        raise RecipeError(
+            f"no model {key!r} in the recipe: use an index 0..{len(self.models) - 1} or one of "
+            f"{', '.join(e.model for e in self.models)}"
+        )
+
+    # -- per-tensor resolution -----------------------------------------------------------
+
+    def is_merged(self, name: str) -> bool:
+        """Whether a tensor is merged (True) or taken unchanged from the base (False)."""
+        if self.include and not name_matches(name, self.include):
+            return False
+        return not (self.exclude and name_matches(name, self.exclude))
+
+    def resolve(self, name: str, num_layers: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Global and per-model parameter values for one tensor, ramps evaluated."""
+        m = self.merge_method
+        layer = layer_index(name)
+        pos = ramp_position(name, layer, num_layers)
+        global_layers = [self.parameters] + [
+            ov.parameters for ov in self.overrides if ov.applies_to(name, layer)
+        ]
+        g: dict[str, Any] = {}
+        for spec in m.global_params():
+            g[spec.name] = _pick(spec, global_layers, pos, spec.default)
+        per_model: list[dict[str, Any]] = []
+        for i, entry in enumerate(self.models):
+            layers = [self.parameters, entry.parameters]
+            for ov in self.overrides:
+                if ov.applies_to(name, layer):
+                    layers.append(ov.parameters)
+                    for key, values in ov.models.items():
+                        if self.model_index(key) == i:
+                            layers.append(values)
+            per_model.append({s.name: _pick(s, layers, pos, s.default) for s in m.model_params()})
+        return g, per_model
+
+    # -- files ---------------------------------------------------------------------------
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_defaults=False)
+        data["models"] = [
+            {"model": e.model, **e.parameters} for e in self.models
+        ]
+        for key in ("include", "exclude", "overrides", "parameters"):
+            if not data[key]:
+                del data[key]
+        if data.get("name") is None:
+            data.pop("name", None)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+    def with_paths_resolved(self, folder: Path | None) -> Recipe:
+        """A copy whose relative model paths are absolute (so the recipe works from anywhere)."""
+        def fix(ref: str | None) -> str | None:
+            return None if ref is None else resolve_ref(ref, folder)
+
+        tok = self.tokenizer_source
+        if tok not in ("base",) and not tok.startswith("model:"):
+            tok = fix(tok) or tok
+        return self.model_copy(
+            update={
+                "base": fix(self.base),
+                "models": [e.model_copy(update={"model": fix(e.model)}) for e in self.models],
+                "tokenizer_source": tok,
+            }
+        )
+
+
+def resolve_ref(ref: str, folder: Path | None) -> str:
+    """Make a relative model path absolute: the recipe's folder first, then the working folder."""
+    p = Path(ref).expanduser()
+    if p.is_absolute():
+        return str(p)
+    if folder is not None and (folder / p).exists():
+        return str((folder / p).resolve())
+    if p.exists():
+        return str(p.resolve())
+    return ref  # a hub id, or a missing folder that will be reported when opened
+
+
+def name_matches(name: str, patterns: list[str]) -> bool:
+    """Glob match (``fnmatch``), or regex search for patterns written ``re:<regex>``."""
+    for pat in patterns:
+        if pat.startswith("re:"):
+            if re.search(pat[3:], name):
+                return True
+        elif fnmatch.fnmatchcase(name, pat):
+            return True
+    return False
+
+
+def ramp_position(name: str, layer: int | None, num_layers: int | None) -> float:
+    """Where a tensor sits on a ramp: 0 at the first layer (and embeddings), 1 at the last (and head)."""
+    if layer is not None and num_layers and num_layers > 1:
+        return min(1.0, layer / (num_layers - 1))
+    if layer is not None:
+        return 0.0
+    return 0.0 if is_input_side(name) else 1.0
+
+
+def ramp_value(anchors: list[float], pos: float) -> float:
+    """Linear interpolation between evenly spaced anchors at ``pos`` in [0, 1]."""
+    if len(anchors) == 1:
+        return float(anchors[0])
+    x = pos * (len(anchors) - 1)
+    lo = min(int(math.floor(x)), len(anchors) - 2)
+    frac = x - lo
+    return float(anchors[lo] * (1.0 - frac) + anchors[lo + 1] * frac)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read a fusion_ui recipe, or a mergekit YAML file (detected by its keys), from disk."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path} is not valid YAML: {exc}") from exc
+    return recipe_from_dict(data, folder=path.resolve().parent, source=str(path))
+
+
+def recipe_from_dict(data: Any, *, folder: Path | None = None, source: str = "recipe") -> Recipe:
+    """Validate a parsed recipe (ours or mergekit's) and resolve its relative paths."""
+    from fusion_ui.mergekit_compat import is_mergekit_config, recipe_from_mergekit
+
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a YAML mapping")
+    if is_mergekit_config(data):
+        recipe = recipe_from_mergekit(data)
+    else:
+        try:
+            recipe = Recipe.model_validate(data)
+        except ValidationError as exc:
+            raise RecipeError(f"{source}: {_format_validation(exc)}") from None
+    recipe = recipe.with_paths_resolved(folder)
+    recipe.validate_for_method()
+    return recipe
+
+
+# -- internals ---------------------------------------------------------------------------
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(x) for x in err["loc"]) or "recipe"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _check_values(
+    m: MergeMethod, values: dict[str, Any], where: str, *, allow_per_model: bool, only_per_model: bool = False
+) -> None:
+    for key, value in values.items():
+        spec = _spec_for(m, key)
+        if only_per_model and not spec.per_model:
+            raise RecipeError(
+                f"{where}{key} is a global parameter of {m.name!r}: set it under `parameters:`"
+            )
+        if spec.per_model and not allow_per_model:
+            raise RecipeError(f"{where}{key} is a per-model parameter")
+        complement = key != spec.name
+        anchors = value if isinstance(value, list) else [value]
+        if isinstance(value, list):
+            if spec.kind != "float":
+                raise RecipeError(f"{where}{key}: only number parameters can ramp across layers")
+            if not value:
+                raise RecipeError(f"{where}{key}: a ramp needs at least one value")
+        for a in anchors:
+            if complement:
+                if isinstance(a, bool) or not isinstance(a, (int, float)):
+                    raise RecipeError(f"{where}{key} must be a number, got {a!r}")
+                a = 1.0 - float(a)
+            spec.check(a, where)
+        other = _COMPLEMENTS.get(key)
+        if other and other in values:
+            raise RecipeError(f"{where}: give either {key} or {other} (= 1 - {key}), not both")
+
+
+def _spec_for(m: MergeMethod, key: str) -> ParamSpec:
+    names = {p.name for p in m.params}
+    if key in names:
+        return m.param(key)
+    other = _COMPLEMENTS.get(key)
+    if other in names:
+        return m.param(other)
+    return m.param(key)  # raises with the list of known parameters
+
+
+def _pick(spec: ParamSpec, layers: list[dict[str, Any]], pos: float, default: Any) -> Any:
+    """The last value set for ``spec`` across layers of settings, ramps evaluated."""
+    value: Any = default
+    for values in layers:
+        if spec.name in values:
+            value = _scalar(values[spec.name], pos)
+        elif _COMPLEMENTS.get(spec.name) in values:
+            value = 1.0 - _scalar(values[_COMPLEMENTS[spec.name]], pos)
+    if spec.kind == "float":
+        return float(value)
+    return value
+
+
+def _scalar(value: Any, pos: float) -> Any:
+    return ramp_value([float(v) for v in value], pos) if isinstance(value, list) else value

@@ -1,0 +1,89 @@
+"""mergekit YAML in (with mergekit's defaults) and out (with the differences stated)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from fusion_ui.errors import RecipeError
+from fusion_ui.mergekit_compat import recipe_to_mergekit
+from fusion_ui.recipe import recipe_from_dict
+
+DARE_TIES = """
+models:
+  - model: org/base
+  - model: org/ft-a
+    parameters: {weight: 0.4, density: 0.5}
+  - model: org/ft-b
+    parameters:
+      weight: 0.3
+      density: [0.2, 0.6]
+merge_method: dare_ties
+base_model: org/base
+parameters:
+  int8_mask: true
+dtype: bfloat16
+"""
+
+
+def test_dare_ties_config_gets_mergekit_defaults() -> None:
+    r = recipe_from_dict(yaml.safe_load(DARE_TIES))
+    assert r.method == "dare_ties" and r.base == "org/base"
+    assert [m.model for m in r.models] == ["org/ft-a", "org/ft-b"]  # the base is not a fine-tune
+    assert r.models[0].parameters == {"weight": 0.4, "drop_rate": 0.5}
+    assert r.models[1].parameters["drop_rate"] == pytest.approx([0.8, 0.4])
+    # mergekit: dare_ties does not normalize, and rescales to the L1 norm
+    assert r.parameters["normalize"] is False and r.parameters["rescale"] == "l1"
+    assert r.dtype == "bfloat16"
+
+
+def test_ties_density_defaults_to_mergekits_one() -> None:
+    r = recipe_from_dict({"merge_method": "ties", "base_model": "b",
+                          "models": [{"model": "x", "parameters": {"weight": 1}}]})
+    _, pm = r.resolve("model.layers.0.mlp.up_proj.weight", 2)
+    assert pm[0]["density"] == 1.0
+    assert r.parameters["normalize"] is True
+
+
+def test_filters_become_overrides_first_match_wins() -> None:
+    r = recipe_from_dict({
+        "merge_method": "slerp", "base_model": "a",
+        "models": [{"model": "a"}, {"model": "b"}],
+        "parameters": {"t": [{"filter": "self_attn", "value": 0.2}, {"filter": "attn", "value": 0.4},
+                             {"value": 0.7}]},
+    })
+    assert [m.model for m in r.models] == ["a", "b"]
+    assert r.resolve("model.layers.0.self_attn.q_proj.weight", 2)[0]["t"] == 0.2
+    assert r.resolve("transformer.h.0.attn.c_attn.weight", 2)[0]["t"] == 0.4
+    assert r.resolve("model.layers.0.mlp.up_proj.weight", 2)[0]["t"] == 0.7
+
+
+def test_unsupported_mergekit_features_are_named() -> None:
+    with pytest.raises(RecipeError, match="passthrough"):
+        recipe_from_dict({"merge_method": "passthrough", "slices": []})
+    with pytest.raises(RecipeError, match="requires a weight"):
+        recipe_from_dict({"merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "x"}]})
+    with pytest.raises(RecipeError, match="LoRA"):
+        recipe_from_dict({"merge_method": "linear", "models": [{"model": "x+lora", "parameters": {"weight": 1}}]})
+
+
+def test_export_round_trips_through_mergekit_form() -> None:
+    r = recipe_from_dict(yaml.safe_load(DARE_TIES))
+    text, notes = recipe_to_mergekit(r)
+    assert text is not None and "random masks" in " ".join(notes)
+    back = recipe_from_dict(yaml.safe_load(text))
+    assert back.method == r.method and back.parameters["rescale"] == "l1"
+    for a, b in zip(back.models, r.models, strict=True):
+        assert a.model == b.model
+        assert a.parameters["drop_rate"] == pytest.approx(b.parameters["drop_rate"])
+        assert a.parameters["weight"] == b.parameters["weight"]
+
+
+def test_export_states_semantic_differences() -> None:
+    r = recipe_from_dict({"method": "dare_linear", "base": "b", "models": [{"model": "x", "drop_rate": 0.9}]})
+    text, notes = recipe_to_mergekit(r)
+    assert "1/(1-p)" in text and "density: 0.1" in text
+    r = recipe_from_dict({"method": "della", "base": "b", "models": [{"model": "x"}]})
+    assert "merge_method: della_linear" in recipe_to_mergekit(r)[0]
+    r = recipe_from_dict({"method": "magnitude_prune", "base": "b", "models": [{"model": "x"}]})
+    assert recipe_to_mergekit(r)[0] is None
