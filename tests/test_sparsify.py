@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fusion_ui.methods import sparsify
 from fusion_ui.methods.sparsify import (
-    MASK_BLOCK,
     breadcrumbs,
     dare,
     dare_keep_mask,
@@ -15,7 +15,18 @@ from fusion_ui.methods.sparsify import (
     magnitude_prune,
     quantized_keep,
     random16,
+    stream_key,
 )
+
+M64 = (1 << 64) - 1
+
+
+def splitmix64_word(key: int, counter: int) -> int:
+    """Plain-Python SplitMix64: output ``counter`` (1-based) of the stream seeded with ``key``."""
+    z = (key + counter * 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
 
 
 @pytest.mark.parametrize("p", [0.5, 0.9, 0.99])
@@ -71,14 +82,27 @@ def test_same_key_same_bits_other_key_other_mask() -> None:
     assert not torch.equal(a, dare_keep_mask((300, 300), 0.9, (7, "layer.0.q", 2)))
 
 
-def test_random_draws_do_not_depend_on_length_or_blocks() -> None:
-    n = MASK_BLOCK + 1000
-    long = random16(n, (0, "x", 0))
-    assert torch.equal(long[:MASK_BLOCK], random16(MASK_BLOCK, (0, "x", 0)))
+def test_draws_are_splitmix64_of_key_and_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    # SplitMix64's first output from state 0 is 0xE220A8397B1DCDAF (its published test vector)
+    monkeypatch.setattr(sparsify, "stream_key", lambda key: 0)
+    assert random16(4, ("any",)).tolist() == [0xCDAF, 0x7B1D, 0xA839, 0xE220]
+    monkeypatch.undo()
+    key = (3, "model.layers.0.mlp.up_proj.weight", 2)
+    k = stream_key(key)
+    draws = random16(4 * 50, key).tolist()
+    for c in range(50):
+        word = splitmix64_word(k, c + 1)
+        assert draws[4 * c : 4 * c + 4] == [(word >> (16 * q)) & 0xFFFF for q in range(4)]
+
+
+def test_draws_do_not_depend_on_length() -> None:
+    long = random16(1_000_003, (0, "x", 0))
     assert torch.equal(long[:777], random16(777, (0, "x", 0)))
-    # draws are uniform over all 65536 values: mean ≈ -0.5, both halves used
-    assert abs(long.float().mean().item() + 0.5) < 100
-    assert long.min().item() < -32000 and long.max().item() > 32000
+    # uniform over all 65536 values
+    assert abs(long.float().mean().item() - 32767.5) < 100
+    assert long.min().item() < 200 and long.max().item() > 65300
+    counts = torch.bincount(long >> 12, minlength=16).float()
+    assert (counts / counts.mean() - 1).abs().max().item() < 0.02
 
 
 def test_drop_rate_zero_is_identity_and_one_is_refused() -> None:

@@ -6,8 +6,13 @@ import torch
 
 
 def elect_sign(weighted_deltas: list[torch.Tensor]) -> torch.Tensor:
-    """Per element, the sign of the summed weighted deltas (+1 where the sum is 0), float32."""
-    total = torch.stack(weighted_deltas).sum(dim=0) if len(weighted_deltas) > 1 else weighted_deltas[0]
+    """Per element, the sign of the summed weighted deltas (+1 where the sum is 0), float32.
+
+    Summed in model order, one addition at a time, so fused kernels can match it bit for bit.
+    """
+    total = weighted_deltas[0].clone()
+    for wd in weighted_deltas[1:]:
+        total += wd
     return torch.where(total >= 0, 1.0, -1.0).to(torch.float32)
 
 

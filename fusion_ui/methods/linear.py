@@ -28,7 +28,7 @@ class LinearMerge(MergeMethod):
         weights = [float(mp["weight"]) for mp in ctx.model_params]
         out = ctx.models[0] * weights[0]
         for theta, w in zip(ctx.models[1:], weights[1:], strict=True):
-            out.add_(theta, alpha=w)
+            out += theta * w  # not add_(alpha=w): that fuses multiply-add and rounds differently
         if ctx.params["normalize"]:
             out /= sum(weights)
         return out
