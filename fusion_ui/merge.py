@@ -9,6 +9,7 @@ model, or shards on disk).
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,42 +160,87 @@ def run_merge(
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> None:
-    """Compute every tensor of the plan and hand it to ``sink``, in plan order."""
+    """Compute every tensor of the plan and hand it to ``sink``, in plan order.
+
+    While one tensor is computed, the next one's inputs are read on a second thread.
+    """
     dev = resolve_device(device)
     sink.begin([j.spec for j in plan.jobs])
+    jobs = plan.jobs
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusion-ui-read")
+    pending: Future[Inputs] | None = None
     try:
-        total = len(plan.jobs)
-        for k, job in enumerate(plan.jobs):
+        pending = pool.submit(read_inputs, plan, jobs[0]) if jobs else None
+        for k, job in enumerate(jobs):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            sink.write(job.name, compute_tensor(plan, job, dev))
-            report(progress, k + 1, total, job.name)
+            assert pending is not None
+            inputs = pending.result()
+            pending = pool.submit(read_inputs, plan, jobs[k + 1]) if k + 1 < len(jobs) else None
+            sink.write(job.name, compute_tensor(plan, job, dev, inputs))
+            report(progress, k + 1, len(jobs), job.name)
         sink.finish()
     except BaseException:
+        if pending is not None:
+            pending.cancel()
         sink.abort()
         raise
+    finally:
+        pool.shutdown(wait=True)
 
 
-def compute_tensor(plan: MergePlan, job: TensorJob, device: torch.device) -> torch.Tensor:
-    """One output tensor, on the CPU in the output dtype."""
+@dataclass
+class Inputs:
+    """The raw (storage dtype, CPU) tensors one job reads, cropped to the output rows."""
+
+    base: torch.Tensor | None
+    models: list[torch.Tensor]
+
+
+def read_inputs(plan: MergePlan, job: TensorJob) -> Inputs:
     rows = job.shape[0] if job.shape else None
     if not job.merged:
-        t = _read(plan.reference, job.name, rows)
-        return t.to(job.dtype) if t.is_floating_point() else t
-    base = None
-    if plan.method.needs_base or (plan.base is not None and _uses_base(plan.method)):
-        assert plan.base is not None
-        base = _read(plan.base, job.name, rows).to(device=device, dtype=torch.float32)
-    models = [_read(m, job.name, rows).to(device=device, dtype=torch.float32) for m in plan.models]
+        return Inputs(base=_read(plan.reference, job.name, rows), models=[])
+    base = _read(plan.base, job.name, rows) if plan.base is not None and _reads_base(plan.method) else None
+    return Inputs(base=base, models=[_read(m, job.name, rows) for m in plan.models])
+
+
+def compute_tensor(
+    plan: MergePlan, job: TensorJob, device: torch.device, inputs: Inputs | None = None
+) -> torch.Tensor:
+    """One output tensor, on the CPU in the output dtype."""
+    if inputs is None:
+        inputs = read_inputs(plan, job)
+    if not job.merged:
+        t = inputs.base
+        assert t is not None
+        if t.is_floating_point():
+            _check_finite(t, plan.reference, job.name)
+            return t.to(job.dtype)
+        return t
+    sources = ([plan.base] if inputs.base is not None else []) + list(plan.models)
     ctx = TensorContext(
         name=job.name,
-        base=base,
-        models=models,
+        base=inputs.base,
+        models=inputs.models,
         model_params=list(job.model_params),
         params=dict(job.params),
         seed=plan.recipe.seed,
-        model_indices=tuple(range(len(models))),
+        model_indices=tuple(range(len(inputs.models))),
     )
+    if device.type == "cpu":
+        try:
+            fused = plan.method.merge_fused_cpu(ctx, job.dtype)
+        except ValueError as exc:  # a kernel found NaN/inf: name the input it came from
+            which = str(exc)
+            ckpt = plan.base if which == "base" else plan.models[int(which.split()[-1])]
+            raise _nonfinite_error(ckpt, job.name) from None
+        if fused is not None:
+            return fused
+    for t, ckpt in zip([*([inputs.base] if inputs.base is not None else []), *inputs.models], sources, strict=True):
+        _check_finite(t, ckpt, job.name)
+    ctx.base = None if inputs.base is None else inputs.base.to(device=device, dtype=torch.float32)
+    ctx.models = [m.to(device=device, dtype=torch.float32) for m in inputs.models]
     out = plan.method.merge(ctx)
     return out.to(dtype=job.dtype).cpu()
 
@@ -232,23 +278,29 @@ def merge_into_model(
 # -- internals ---------------------------------------------------------------------------
 
 
-def _uses_base(method: MergeMethod) -> bool:
+def _reads_base(method: MergeMethod) -> bool:
     # slerp of task vectors reads the base although slerp itself does not need one
-    return any(p.name == "on_deltas" for p in method.params)
+    return method.needs_base or any(p.name == "on_deltas" for p in method.params)
 
 
 def _read(ckpt: Checkpoint, name: str, rows: int | None) -> torch.Tensor:
     t = ckpt.tensor(name)
     if rows is not None and t.dim() >= 1 and t.shape[0] > rows:
         t = t[:rows]  # vocabulary crop to the base's rows (checked in plan_merge)
-    if t.is_floating_point():
-        bad = t.numel() - int(torch.isfinite(t).sum())
-        if bad:
-            raise TensorValueError(
-                f"{ckpt.ref}: tensor {name!r} in {ckpt.tensors[name].file} holds {bad} NaN/inf "
-                f"value(s); that checkpoint is broken: re-download it or leave it out of the merge"
-            )
     return t
+
+
+def _check_finite(t: torch.Tensor, ckpt: Checkpoint, name: str) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise _nonfinite_error(ckpt, name, t.numel() - int(torch.isfinite(t).sum()))
+
+
+def _nonfinite_error(ckpt: Checkpoint, name: str, count: int | None = None) -> TensorValueError:
+    how_many = f"{count} " if count is not None else ""
+    return TensorValueError(
+        f"{ckpt.ref}: tensor {name!r} in {ckpt.tensors[name].file} holds {how_many}NaN/inf "
+        f"value(s); that checkpoint is broken: re-download it or leave it out of the merge"
+    )
 
 
 def _count_layers(ckpt: Checkpoint) -> int | None:
@@ -286,7 +338,9 @@ def _preflight_deltas(plan: MergePlan, allow_large: bool) -> None:
         rels, medians = [], []
         for name in sorted(picks):
             base = _read(plan.base, name, None).float()
+            _check_finite(base, plan.base, name)
             delta = _read(model, name, None).float() - base
+            _check_finite(delta, model, name)
             norm0 = float(base.norm())
             rels.append(float(delta.norm()) / norm0 if norm0 > 0 else 0.0)
             sample = delta.reshape(-1)[:: max(1, delta.numel() // 1_000_000)].abs()

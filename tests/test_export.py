@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from factory import fine_tune_of, save, tiny_model
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from factory import fine_tune_of, save, tiny_model
 from fusion_ui import (
     CancelledError,
     CancelToken,
@@ -128,11 +128,11 @@ def test_atomic_on_injected_failure(llama_family: dict[str, Path], tmp_path: Pat
     real = merge_mod.compute_tensor
     calls = {"n": 0}
 
-    def failing(plan, job, device):
+    def failing(plan, job, device, inputs=None):
         calls["n"] += 1
         if calls["n"] == 7:
             raise OSError("disk on fire")
-        return real(plan, job, device)
+        return real(plan, job, device, inputs)
 
     monkeypatch.setattr(merge_mod, "compute_tensor", failing)
     out = tmp_path / "merged"

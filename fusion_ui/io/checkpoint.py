@@ -1,8 +1,11 @@
 """A Hugging Face model folder, read lazily one tensor at a time.
 
 Headers and config are read on open; tensor data is read only by :meth:`Checkpoint.tensor`,
-from memory-mapped safetensors with at most one open handle per shard. Pickle checkpoints
-(``*.bin``) are accepted only when ``torch.load(weights_only=True)`` can read them.
+which reads exactly that tensor's bytes from its safetensors shard (``pread``, at most one open
+file per shard) into memory the tensor owns. Unlike a memory map, nothing stays mapped after
+the tensor is dropped, so a merge of several multi-GB models keeps a small resident size, and
+reads are safe from several threads (read-ahead). Pickle checkpoints (``*.bin``) are accepted
+only when ``torch.load(weights_only=True)`` can read them.
 """
 
 from __future__ import annotations
@@ -10,12 +13,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from fusion_ui.errors import ModelSourceError, UnsafeCheckpointError
 from fusion_ui.io.safetensors_format import DTYPES, read_header
@@ -49,6 +52,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
     file: str  # shard file name, relative to the model folder
+    offset: int = -1  # absolute byte offset of the data in a safetensors shard
 
     @property
     def numel(self) -> int:
@@ -75,7 +79,8 @@ class Checkpoint:
         self.format, self.files = _weight_files(self.path)
         self.tensors: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
-        self._handles: dict[str, object] = {}
+        self._handles: dict[str, int] = {}  # shard file -> open file descriptor
+        self._lock = threading.Lock()
         self._bin_cache: dict[str, dict[str, torch.Tensor]] = {}
         if self.format == "safetensors":
             self._read_safetensors_headers()
@@ -97,8 +102,11 @@ class Checkpoint:
         self.close()
 
     def close(self) -> None:
-        self._handles.clear()  # safe_open handles unmap when dropped
-        self._bin_cache.clear()
+        with self._lock:
+            for fd in self._handles.values():
+                os.close(fd)
+            self._handles.clear()
+            self._bin_cache.clear()
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.source.ref!r}, {len(self.tensors)} tensors, {self.format})"
@@ -178,31 +186,47 @@ class Checkpoint:
         if info is None:
             raise ModelSourceError(f"{self.ref} has no tensor named {name!r}")
         if self.format == "safetensors":
-            handle = self._handles.get(info.file)
-            if handle is None:
-                try:
-                    handle = safe_open(str(self.path / info.file), framework="pt", device="cpu")
-                except (SafetensorError, OSError) as exc:
-                    raise ModelSourceError(
-                        f"cannot open {self.path / info.file}: {exc}. Download or copy it again"
-                    ) from exc
-                self._handles[info.file] = handle
-            try:
-                return handle.get_tensor(name)  # type: ignore[attr-defined]
-            except (SafetensorError, OSError) as exc:
-                raise ModelSourceError(
-                    f"cannot read tensor {name!r} from {self.path / info.file}: {exc}"
-                ) from exc
+            return self._read_safetensors(info)
         return self._bin_shard(info.file)[name]
 
     # -- internals -----------------------------------------------------------------------
 
+    def _fd(self, file: str) -> int:
+        with self._lock:
+            fd = self._handles.get(file)
+            if fd is None:
+                try:
+                    fd = os.open(self.path / file, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                except OSError as exc:
+                    raise ModelSourceError(f"cannot open {self.path / file}: {exc}") from exc
+                self._handles[file] = fd
+            return fd
+
+    def _read_safetensors(self, info: TensorInfo) -> torch.Tensor:
+        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+        view = memoryview(buf.numpy())
+        fd = self._fd(info.file)
+        done = 0
+        try:
+            while done < info.nbytes:
+                got = _pread_into(fd, view[done:], info.offset + done, self._lock)
+                if got <= 0:
+                    raise OSError("unexpected end of file")
+                done += got
+        except OSError as exc:
+            raise ModelSourceError(
+                f"cannot read tensor {info.name!r} from {self.path / info.file}: {exc}. "
+                f"Download or copy it again"
+            ) from exc
+        return buf.view(info.dtype).view(info.shape)
+
     def _read_safetensors_headers(self) -> None:
         for file in self.files:
-            header, metadata, _ = read_header(self.path / file)
+            header, metadata, data_start = read_header(self.path / file)
             self.metadata.update(metadata)
             for name, entry in header.items():
-                self._add(TensorInfo(name, tuple(entry["shape"]), DTYPES[entry["dtype"]], file))
+                offset = data_start + entry["data_offsets"][0]
+                self._add(TensorInfo(name, tuple(entry["shape"]), DTYPES[entry["dtype"]], file, offset))
         self._check_index_matches()
 
     def _read_bin_headers(self) -> None:
@@ -258,6 +282,21 @@ class Checkpoint:
             raise ModelSourceError(f"{path} does not hold a flat state dict of tensors")
         self._bin_cache[file] = sd
         return sd
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, lock: threading.Lock) -> int:
+    """Read into ``view`` at ``offset`` without moving a shared file position."""
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [view], offset)
+    with lock:  # platforms without preadv (Windows): seek + read under the checkpoint's lock
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.readv(fd, [view]) if hasattr(os, "readv") else _read_fallback(fd, view)
+
+
+def _read_fallback(fd: int, view: memoryview) -> int:
+    data = os.read(fd, len(view))
+    view[: len(data)] = data
+    return len(data)
 
 
 def _read_config(folder: Path) -> dict:

@@ -71,6 +71,15 @@ class MergeMethod(ABC):
     def merge(self, ctx: TensorContext) -> torch.Tensor:
         """The merged tensor, float32, same shape as the inputs."""
 
+    def merge_fused_cpu(self, ctx: TensorContext, out_dtype: torch.dtype) -> torch.Tensor | None:
+        """The merged tensor in ``out_dtype`` from a fused CPU kernel, or None if none covers it.
+
+        Here ``ctx`` holds the raw CPU tensors in their storage dtypes. A kernel must return
+        exactly ``merge(ctx as float32).to(out_dtype)``; NaN/inf inputs raise ValueError naming
+        the input (``"base"`` or ``"model i"``).
+        """
+        return None
+
     def schema(self) -> dict[str, Any]:
         """Plain data describing the method and its parameters, for a UI."""
         return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from fusion_ui.errors import RecipeError
@@ -32,3 +33,17 @@ class LinearMerge(MergeMethod):
         if ctx.params["normalize"]:
             out /= sum(weights)
         return out
+
+    def merge_fused_cpu(self, ctx: TensorContext, out_dtype: torch.dtype) -> torch.Tensor | None:
+        from fusion_ui.kernels import cpu
+        from fusion_ui.kernels.arrays import as_torch, kernel_inputs, kernel_output
+
+        arrays = kernel_inputs(ctx.models) if cpu.available() else None
+        if arrays is None:
+            return None
+        weights = [float(mp["weight"]) for mp in ctx.model_params]
+        out = kernel_output(ctx.models[0].numel(), out_dtype)
+        bad = cpu.linear(arrays, out, np.array(weights, np.float32), bool(ctx.params["normalize"]), sum(weights))
+        if bad:
+            raise ValueError(f"model {bad - 2}")
+        return as_torch(out, ctx.models[0].shape, out_dtype)

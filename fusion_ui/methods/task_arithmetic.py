@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from fusion_ui.errors import RecipeError
@@ -27,7 +28,15 @@ from fusion_ui.methods.params import (
     density_spec,
     normalize_spec,
 )
-from fusion_ui.methods.sparsify import breadcrumbs, dare, della, magnitude_prune
+from fusion_ui.methods.sparsify import (
+    breadcrumbs,
+    dare,
+    della,
+    keep_count,
+    magnitude_prune,
+    quantized_keep,
+    stream_key,
+)
 
 Sparsifier = Literal["none", "magnitude", "dare", "magnitude_prune", "breadcrumbs", "della"]
 
@@ -127,6 +136,55 @@ class TaskArithmeticFamily(MergeMethod):
         if lam != 1.0:
             mixed *= lam
         return mixed.add_(base)
+
+    def merge_fused_cpu(self, ctx: TensorContext, out_dtype: torch.dtype) -> torch.Tensor | None:
+        from fusion_ui.kernels import cpu
+        from fusion_ui.kernels.arrays import as_torch, kernel_inputs, kernel_output
+
+        rescale = ctx.params.get("rescale", "none")
+        if not cpu.available() or self.sparsifier not in ("none", "dare", "magnitude", "magnitude_prune"):
+            return None
+        if rescale == "l1":  # needs whole-tensor norms before the element pass: reference only
+            return None
+        assert ctx.base is not None
+        arrays = kernel_inputs([ctx.base, *ctx.models])
+        if arrays is None:
+            return None
+        n = ctx.base.numel()
+        m = len(ctx.models)
+        mode = np.zeros(m, np.int64)
+        thr = np.zeros(m, np.int64)
+        scale = np.ones(m, np.float32)
+        apply_scale = np.zeros(m, np.bool_)
+        keys = np.zeros(m, np.uint64)
+        topk: list[int | None] = [None] * m
+        for i, mp in enumerate(ctx.model_params):
+            if self.sparsifier == "dare":
+                t, keep = quantized_keep(mp["drop_rate"])
+                if t > 0:
+                    mode[i], thr[i], keys[i] = cpu.SPARSE_DARE, t, stream_key(ctx.key(i))
+                    if rescale == "inverse":
+                        scale[i], apply_scale[i] = 1.0 / keep, True
+            elif self.sparsifier in ("magnitude", "magnitude_prune"):
+                density = mp["density"] if self.sparsifier == "magnitude" else 1.0 - mp["drop_rate"]
+                k = keep_count(n, density)
+                if k < n:
+                    mode[i], topk[i] = cpu.SPARSE_TOPK, k
+                    if self.sparsifier == "magnitude_prune" and rescale == "inverse":
+                        scale[i], apply_scale[i] = 1.0 / (k / n), True
+        weights = [float(mp["weight"]) for mp in ctx.model_params]
+        lam = float(ctx.params["lambda"])
+        spec = cpu.TaskArithmeticSpec(
+            weights=np.array(weights, np.float32), mode=mode, dare_threshold=thr, keys=keys,
+            scale=scale, apply_scale=apply_scale, consensus=self.consensus,
+            normalize=bool(ctx.params["normalize"]), weight_sum=sum(weights), lam=lam,
+            apply_lam=lam != 1.0,
+        )
+        out = kernel_output(n, out_dtype)
+        bad = cpu.task_arithmetic(arrays[0], arrays[1:], out, spec, topk)
+        if bad:
+            raise ValueError("base" if bad == 1 else f"model {bad - 2}")
+        return as_torch(out, ctx.base.shape, out_dtype)
 
 
 def _family(

@@ -1,0 +1,168 @@
+"""Merge speed and memory: fusion_ui against mergekit on the same merges, side by side.
+
+Builds (or reuses) a synthetic Llama family (base + 3 fine-tunes, bf16, 500 MB shards; the
+default is the 0.9B family of the speed issue), runs ``fusion-ui merge`` and, when
+``--mergekit-cmd`` is given, mergekit's ``mergekit-yaml`` on the equivalent config, each in its
+own process, and prints wall time, peak RSS and ratios per method, plus the largest absolute
+difference between the two outputs for the deterministic methods.
+
+    python benchmarks/merge_speed.py --size tiny                       # smoke run, seconds
+    python benchmarks/merge_speed.py --mergekit-cmd /opt/mergekit-venv/bin/mergekit-yaml
+
+Also measured: the in-memory re-merge latency on the demo family (slider -> new weights in the
+preview model), when ``assets/demo`` holds it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from synthetic import SIZES, build_family  # noqa: E402
+
+from fusion_ui.io import Checkpoint  # noqa: E402
+from fusion_ui.mergekit_compat import recipe_to_mergekit  # noqa: E402
+from fusion_ui.recipe import recipe_from_dict  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = (0.4, 0.3, 0.3)
+# method -> (per-model parameters, global parameters); DARE-TIES as in the issue: density 0.5, normalize on
+METHODS: dict[str, tuple[dict, dict]] = {
+    "dare_ties": ({"drop_rate": 0.5}, {"normalize": True}),
+    "ties": ({"density": 0.5}, {"normalize": True}),
+    "task_arithmetic": ({}, {"normalize": False}),
+    "linear": ({}, {"normalize": True}),
+}
+DETERMINISTIC = {"ties", "task_arithmetic", "linear"}
+
+
+def recipe_for(method: str, family: dict[str, Path]) -> dict:
+    per_model, params = METHODS[method]
+    fts = [k for k in family if k != "base"]
+    return {
+        "method": method,
+        "base": str(family["base"].resolve()),
+        "models": [{"model": str(family[k].resolve()), "weight": w, **per_model} for k, w in zip(fts, WEIGHTS, strict=False)],
+        "parameters": params,
+        "dtype": "bfloat16",
+    }
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Run a command; (wall seconds, peak RSS in GB) of that process and its children."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
+    return wall, usage.ru_maxrss / 1024 / 1024  # ru_maxrss is in KiB on Linux
+
+
+def max_abs_diff(a: Path, b: Path) -> float:
+    worst = 0.0
+    with Checkpoint.open(a) as ca, Checkpoint.open(b) as cb:
+        for name in ca.tensors:
+            if name in cb.tensors:
+                d = (ca.tensor(name).float() - cb.tensor(name).float()).abs().max().item()
+                worst = max(worst, d)
+    return worst
+
+
+def remerge_latency(repeats: int = 5) -> float | None:
+    """Median seconds of an in-memory DARE-TIES re-merge into a loaded preview model (demo family)."""
+    demo = ROOT / "assets" / "demo"
+    experts = sorted(p for p in demo.glob("expert_*") if (p / "config.json").is_file())
+    if not (demo / "base" / "config.json").is_file() or not experts:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    from fusion_ui.merge import ModelSink, plan_merge, run_merge
+
+    model = AutoModelForCausalLM.from_pretrained(demo / "base")
+    times = []
+    for seed in range(repeats):
+        recipe = recipe_from_dict({
+            "method": "dare_ties", "base": str(demo / "base"), "seed": seed,
+            "models": [{"model": str(p), "weight": 1.0, "drop_rate": 0.9} for p in experts],
+        })
+        start = time.perf_counter()
+        with plan_merge(recipe) as plan:
+            run_merge(plan, ModelSink(model), device="cpu")
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--data", type=Path, default=ROOT / "bench-data" / "merge-speed")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
+    parser.add_argument("--mergekit-cmd", help="path to mergekit-yaml (installed in its own venv)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    data = args.data / args.size
+    start = time.perf_counter()
+    family = build_family(data, args.size)
+    print(f"family {args.size} {SIZES[args.size]} ready in {time.perf_counter() - start:.1f} s: {data}")
+    env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "NUMBA_NUM_THREADS": str(args.threads),
+                        "MKL_NUM_THREADS": str(args.threads)}
+    out_root = data / "outputs"
+    out_root.mkdir(exist_ok=True)
+    rows = []
+    for method in args.methods.split(","):
+        recipe = recipe_for(method, family)
+        ours_yaml = out_root / f"{method}.yaml"
+        ours_yaml.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        ours_out = out_root / f"{method}-fusion_ui"
+        shutil.rmtree(ours_out, ignore_errors=True)
+        wall, rss = timed([sys.executable, "-m", "fusion_ui.cli", "merge", str(ours_yaml), "--out",
+                           str(ours_out), "--device", "cpu", "--no-mergekit"], env)
+        row = {"method": method, "fusion_ui_s": wall, "fusion_ui_rss_gb": rss}
+        if args.mergekit_cmd:
+            mk_text, _ = recipe_to_mergekit(recipe_from_dict(recipe))
+            assert mk_text is not None
+            mk_yaml = out_root / f"{method}.mergekit.yml"
+            mk_yaml.write_text(mk_text)
+            mk_out = out_root / f"{method}-mergekit"
+            shutil.rmtree(mk_out, ignore_errors=True)
+            mk_wall, mk_rss = timed([args.mergekit_cmd, str(mk_yaml), str(mk_out)], env)
+            row |= {"mergekit_s": mk_wall, "mergekit_rss_gb": mk_rss, "speedup": mk_wall / wall}
+            if method in DETERMINISTIC:
+                row["max_abs_diff"] = max_abs_diff(ours_out, mk_out)
+            shutil.rmtree(mk_out, ignore_errors=True)
+        shutil.rmtree(ours_out, ignore_errors=True)
+        rows.append(row)
+        print(json.dumps(row))
+
+    latency = remerge_latency()
+    print()
+    print(f"{'method':16s} {'fusion_ui':>10s} {'RSS':>7s} {'mergekit':>10s} {'RSS':>7s} {'speedup':>8s} {'max|Δ|':>9s}")
+    for r in rows:
+        mk = f"{r['mergekit_s']:9.1f}s {r['mergekit_rss_gb']:6.2f}G {r['speedup']:7.1f}x" if "mergekit_s" in r else f"{'-':>10s} {'-':>7s} {'-':>8s}"
+        diff = f"{r['max_abs_diff']:9.2g}" if "max_abs_diff" in r else f"{'-':>9s}"
+        print(f"{r['method']:16s} {r['fusion_ui_s']:9.1f}s {r['fusion_ui_rss_gb']:6.2f}G {mk} {diff}")
+    if latency is not None:
+        print(f"in-memory re-merge of the demo family (DARE-TIES into the preview model): {latency * 1000:.0f} ms (target < 500 ms)")
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "remerge_s": latency, "size": args.size}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

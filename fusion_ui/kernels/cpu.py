@@ -1,0 +1,363 @@
+"""CPU kernels compiled with numba: both cores, no float32 temporaries, bf16 read and written as bits.
+
+Inputs are 1-D arrays of bfloat16 bits (``uint16``) or ``float32``; outputs likewise. Work is
+split in chunks of :data:`CHUNK` elements over numba's threads (``prange``). Each kernel mirrors
+its torch reference operation by operation (same rounding, no fused multiply-add), so results
+are identical; tests check that on every covered method.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+try:
+    import numba as nb
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic, overload
+
+    _NUMBA = True
+    # numba's OpenMP layer and torch's bundled OpenMP spin-wait against each other (measured 7x
+    # slower merges on 2 cores); numba's own work queue does not. It is not safe for concurrent
+    # launches, so every kernel call below holds _LAUNCH. A user's explicit choice wins.
+    if "NUMBA_THREADING_LAYER" not in os.environ:
+        nb.config.THREADING_LAYER = "workqueue"
+except ImportError:  # pragma: no cover - numba is a dependency; keep the reference usable without it
+    _NUMBA = False
+
+from fusion_ui.methods.sparsify import GOLDEN, MIX1, MIX2  # noqa: E402 (after the layer is chosen)
+
+_LAUNCH = threading.Lock()  # one parallel kernel at a time (work-queue layer; also fair to the UI)
+
+CHUNK = 1 << 16  # elements per work unit
+_BINS = 1 << 16  # radix-select histogram size (16 bits at a time)
+_GROUPS = 16  # histogram passes split the chunks into this many groups, one histogram each
+
+# Sparsifier codes understood by the task-arithmetic kernel.
+SPARSE_NONE, SPARSE_DARE, SPARSE_TOPK = 0, 1, 2
+
+
+def available() -> bool:
+    """Whether the fused CPU kernels can run here."""
+    return _NUMBA
+
+
+@dataclass(frozen=True)
+class TaskArithmeticSpec:
+    """Per-tensor settings of the generalized task-arithmetic kernel (arrays have one entry per model)."""
+
+    weights: np.ndarray  # float32: w_i
+    mode: np.ndarray  # int64: SPARSE_NONE / SPARSE_DARE / SPARSE_TOPK
+    dare_threshold: np.ndarray  # int64: keep iff 16-bit draw >= threshold
+    keys: np.ndarray  # uint64: stream key K_i of (seed, tensor, model)
+    scale: np.ndarray  # float32: survivor rescale factor
+    apply_scale: np.ndarray  # bool: whether the reference multiplies by ``scale``
+    consensus: bool  # TIES sign election + disjoint sum
+    normalize: bool
+    weight_sum: float  # float32 value of Σ w_i (plain-sum normalize)
+    lam: float
+    apply_lam: bool
+
+
+if _NUMBA:
+
+    @intrinsic
+    def _u32_as_f32(typingctx, x):  # noqa: ANN001 - numba intrinsic signature
+        def codegen(context, builder, signature, args):  # noqa: ANN001
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return types.float32(types.uint32), codegen
+
+    @intrinsic
+    def _f32_as_u32(typingctx, x):  # noqa: ANN001
+        def codegen(context, builder, signature, args):  # noqa: ANN001
+            return builder.bitcast(args[0], ir.IntType(32))
+
+        return types.uint32(types.float32), codegen
+
+    def _load(a, j):  # noqa: ANN001, ANN202 - dispatched by dtype through the overload below
+        raise NotImplementedError
+
+    @overload(_load, inline="always")
+    def _load_impl(a, j):  # noqa: ANN001, ANN202
+        if a.dtype == types.uint16:
+            def impl(a, j):  # noqa: ANN001, ANN202
+                return _u32_as_f32(np.uint32(a[j]) << np.uint32(16))
+            return impl
+        if a.dtype == types.float32:
+            def impl(a, j):  # noqa: ANN001, ANN202
+                return a[j]
+            return impl
+        return None
+
+    def _store(out, j, x):  # noqa: ANN001, ANN202
+        raise NotImplementedError
+
+    @overload(_store, inline="always")
+    def _store_impl(out, j, x):  # noqa: ANN001, ANN202
+        if out.dtype == types.uint16:
+            def impl(out, j, x):  # noqa: ANN001, ANN202
+                bits = _f32_as_u32(x)
+                if (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):  # NaN stays NaN
+                    out[j] = np.uint16((bits >> np.uint32(16)) | np.uint32(0x40))
+                else:  # round to nearest even, as torch's float32 -> bfloat16
+                    rounding = np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+                    out[j] = np.uint16((bits + rounding) >> np.uint32(16))
+            return impl
+        if out.dtype == types.float32:
+            def impl(out, j, x):  # noqa: ANN001, ANN202
+                out[j] = x
+            return impl
+        return None
+
+    @nb.njit(inline="always")
+    def _word(key, word):  # noqa: ANN001, ANN202
+        """SplitMix64 output ``word + 1`` of stream ``key``: the draws of elements 4·word .. 4·word+3."""
+        z = np.uint64(word + 1) * np.uint64(GOLDEN) + key
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
+        return z ^ (z >> np.uint64(31))
+
+    @nb.njit(parallel=True, nogil=True, cache=True)
+    def _abs_delta_hist(theta, base, shift, prefix, prefix_shift):  # noqa: ANN001, ANN202
+        """Histogram of 16 bits of |θ−θ0|'s float bits, over elements whose higher bits equal ``prefix``."""
+        n = base.shape[0]
+        per_group = (n + _GROUPS - 1) // _GROUPS
+        hist = np.zeros((_GROUPS, _BINS), np.int64)
+        for g in nb.prange(_GROUPS):
+            stop = min(n, (g + 1) * per_group)
+            for j in range(g * per_group, stop):
+                bits = _f32_as_u32(abs(_load(theta, j) - _load(base, j)))
+                if prefix_shift >= 32 or (bits >> np.uint32(prefix_shift)) == np.uint32(prefix):
+                    hist[g, (bits >> np.uint32(shift)) & np.uint32(0xFFFF)] += 1
+        return hist.sum(axis=0)
+
+    @nb.njit(parallel=True, nogil=True, cache=True)
+    def _ties_per_chunk(theta, base, value_bits):  # noqa: ANN001, ANN202
+        n = base.shape[0]
+        nchunks = (n + CHUNK - 1) // CHUNK
+        counts = np.zeros(nchunks, np.int64)
+        for c in nb.prange(nchunks):
+            stop = min(n, (c + 1) * CHUNK)
+            k = 0
+            for j in range(c * CHUNK, stop):
+                if _f32_as_u32(abs(_load(theta, j) - _load(base, j))) == np.uint32(value_bits):
+                    k += 1
+            counts[c] = k
+        return counts
+
+    @nb.njit(inline="always")
+    def _nonfinite(x):  # noqa: ANN001, ANN202
+        return np.int64((_f32_as_u32(x) & np.uint32(0x7F800000)) == np.uint32(0x7F800000))
+
+    @nb.njit(parallel=True, nogil=True, cache=True)
+    def _task_arithmetic(base, models, out, weights, mode, dare_thr, keys, scale, apply_scale,
+                         topk_bits, tie_need, tie_before, consensus, normalize, weight_sum,
+                         lam, apply_lam):  # noqa: ANN001, ANN202
+        # Per chunk: the base once, then one model at a time into an L2-sized buffer of
+        # weighted deltas (m, CHUNK), then the combination; every loop streams one array.
+        n = base.shape[0]
+        m = len(models)
+        nchunks = (n + CHUNK - 1) // CHUNK
+        bad = np.zeros(nchunks, np.int64)
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        for c in nb.prange(nchunks):
+            start = c * CHUNK
+            size = min(n, start + CHUNK) - start
+            b = np.empty(size, np.float32)
+            wd = np.empty((m, size), np.float32)
+            nonfinite = np.int64(0)
+            for jj in range(size):
+                b[jj] = _load(base, start + jj)
+                nonfinite += _nonfinite(b[jj])
+            if nonfinite:
+                bad[c] = 1
+            for i in range(m):
+                arr = models[i]
+                w = weights[i]
+                md = mode[i]
+                sc = scale[i]
+                scaled = apply_scale[i]
+                nonfinite = 0
+                if md == SPARSE_DARE:
+                    key = keys[i]
+                    thr = np.uint64(dare_thr[i])
+                    z = np.uint64(0)
+                    for jj in range(size):  # CHUNK is a multiple of 4: word boundaries align
+                        if jj % 4 == 0:
+                            z = _word(key, (start + jj) // 4)
+                        x = _load(arr, start + jj)
+                        nonfinite += _nonfinite(x)
+                        d = x - b[jj]
+                        draw = (z >> np.uint64(16 * (jj % 4))) & np.uint64(0xFFFF)
+                        keep = one if draw >= thr else zero
+                        d = d * keep
+                        if scaled:
+                            d = d * sc
+                        wd[i, jj] = d * w
+                elif md == SPARSE_TOPK:
+                    tb = np.uint32(topk_bits[i])
+                    need = tie_need[i]
+                    seen = tie_before[i, c]
+                    for jj in range(size):
+                        x = _load(arr, start + jj)
+                        nonfinite += _nonfinite(x)
+                        d = x - b[jj]
+                        a = _f32_as_u32(abs(d))
+                        keep = one if a > tb else zero
+                        if a == tb:  # rare: order the ties by flat index
+                            keep = one if seen >= need else zero
+                            seen += 1
+                        d = d * keep
+                        if scaled:
+                            d = d * sc
+                        wd[i, jj] = d * w
+                else:
+                    for jj in range(size):
+                        x = _load(arr, start + jj)
+                        nonfinite += _nonfinite(x)
+                        wd[i, jj] = (x - b[jj]) * w
+                if nonfinite:
+                    bad[c] = max(bad[c], i + 2)
+            for jj in range(size):
+                if consensus:
+                    total = wd[0, jj]
+                    for i in range(1, m):
+                        total = total + wd[i, jj]
+                    sign = one if total >= zero else -one
+                    mixed = zero
+                    divisor = zero
+                    for i in range(m):
+                        s = wd[i, jj]
+                        agree = one if s * sign > zero else zero  # sign(s) == sign; s = 0 never agrees
+                        mixed = mixed + s * agree
+                        divisor = divisor + agree * weights[i]
+                    if divisor == zero:
+                        divisor = one
+                    if normalize:
+                        mixed = mixed / divisor
+                else:
+                    mixed = wd[0, jj]
+                    for i in range(1, m):
+                        mixed = mixed + wd[i, jj]
+                    if normalize:
+                        mixed = mixed / weight_sum
+                if apply_lam:
+                    mixed = mixed * lam
+                _store(out, start + jj, mixed + b[jj])
+        return bad.max()
+
+    @nb.njit(parallel=True, nogil=True, cache=True)
+    def _linear(models, out, weights, normalize, weight_sum):  # noqa: ANN001, ANN202
+        n = out.shape[0]
+        m = len(models)
+        nchunks = (n + CHUNK - 1) // CHUNK
+        bad = np.zeros(nchunks, np.int64)
+        for c in nb.prange(nchunks):
+            start = c * CHUNK
+            size = min(n, start + CHUNK) - start
+            acc = np.empty(size, np.float32)
+            for i in range(m):
+                arr = models[i]
+                w = weights[i]
+                nonfinite = 0
+                if i == 0:
+                    for jj in range(size):
+                        x = _load(arr, start + jj)
+                        nonfinite += _nonfinite(x)
+                        acc[jj] = x * w
+                else:
+                    for jj in range(size):
+                        x = _load(arr, start + jj)
+                        nonfinite += _nonfinite(x)
+                        acc[jj] = acc[jj] + x * w
+                if nonfinite:
+                    bad[c] = max(bad[c], i + 2)
+            for jj in range(size):
+                a = acc[jj]
+                if normalize:
+                    a = a / weight_sum
+                _store(out, start + jj, a)
+        return bad.max()
+
+
+def _typed(arrays: list[np.ndarray]):  # noqa: ANN202
+    lst = nb.typed.List()
+    for a in arrays:
+        lst.append(a)
+    return lst
+
+
+def kth_smallest_abs_delta(theta: np.ndarray, base: np.ndarray, k: int) -> tuple[int, int, int]:
+    """Exact k-th smallest (1-based) of |θ−θ0| as float bits, by two 16-bit radix passes.
+
+    Returns (value bits, count of smaller elements, count of equal elements).
+    """
+    high = _abs_delta_hist(theta, base, 16, 0, 32)
+    cum = np.cumsum(high)
+    bucket = int(np.searchsorted(cum, k))  # first bucket whose cumulative count reaches k
+    below = int(cum[bucket - 1]) if bucket else 0
+    low = _abs_delta_hist(theta, base, 0, bucket, 16)
+    cum_low = np.cumsum(low)
+    pos = int(np.searchsorted(cum_low, k - below))
+    value = (bucket << 16) | pos
+    less = below + (int(cum_low[pos - 1]) if pos else 0)
+    return value, less, int(low[pos])
+
+
+def task_arithmetic(
+    base: np.ndarray,
+    models: list[np.ndarray],
+    out: np.ndarray,
+    spec: TaskArithmeticSpec,
+    topk_keep: list[int | None],
+) -> int:
+    """Run the fused generalized task arithmetic into ``out``.
+
+    ``topk_keep[i]`` is the number of elements model i keeps by magnitude (SPARSE_TOPK), with
+    the reference's tie rule: among elements equal to the threshold, the lowest flat indices
+    are dropped first. Returns 0, or 1 + the index of an input holding NaN/inf (1 = base).
+    """
+    with _LAUNCH:
+        return _task_arithmetic_locked(base, models, out, spec, topk_keep)
+
+
+def _task_arithmetic_locked(
+    base: np.ndarray, models: list[np.ndarray], out: np.ndarray, spec: TaskArithmeticSpec,
+    topk_keep: list[int | None],
+) -> int:
+    m = len(models)
+    n = base.shape[0]
+    nchunks = (n + CHUNK - 1) // CHUNK
+    topk_bits = np.zeros(m, np.uint32)
+    tie_need = np.zeros(m, np.int64)
+    tie_before = np.zeros((m, nchunks), np.int64)
+    for i, keep in enumerate(topk_keep):
+        if spec.mode[i] != SPARSE_TOPK or keep is None:
+            continue
+        drop = n - keep  # the reference drops the `drop` smallest (rank band [drop, n))
+        value, less, equal = kth_smallest_abs_delta(models[i], base, drop)
+        topk_bits[i] = value
+        tie_need[i] = drop - less
+        if 0 < tie_need[i] < equal:  # only some ties are dropped: their order matters
+            counts = _ties_per_chunk(models[i], base, value)
+            tie_before[i, 1:] = np.cumsum(counts)[:-1]
+        elif tie_need[i] >= equal:
+            tie_need[i] = equal  # all ties dropped
+    return int(_task_arithmetic(
+        base, _typed(models), out, spec.weights, spec.mode, spec.dare_threshold, spec.keys,
+        spec.scale, spec.apply_scale, topk_bits, tie_need, tie_before, spec.consensus,
+        spec.normalize, np.float32(spec.weight_sum), np.float32(spec.lam), spec.apply_lam,
+    ))
+
+
+def linear(models: list[np.ndarray], out: np.ndarray, weights: np.ndarray, normalize: bool,
+           weight_sum: float) -> int:
+    """Fused weighted average into ``out``; returns 0 or 1 + index of a non-finite input."""
+    with _LAUNCH:
+        return int(_linear(_typed(models), out, weights, normalize, np.float32(weight_sum)))

@@ -1,0 +1,95 @@
+"""Fused CPU kernels give exactly the reference methods' bits (the reference defines the method)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusion_ui.kernels import cpu
+from fusion_ui.methods import get_method
+from fusion_ui.methods.base import TensorContext
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="numba not installed")
+
+NAME = "model.layers.1.mlp.up_proj.weight"
+
+
+def contexts(method: str, dtype: torch.dtype, n: int, model_params: dict, params: dict,
+             *, dtypes: list[torch.dtype] | None = None, coarse: bool = False):
+    g = torch.Generator().manual_seed(n)
+    base = torch.randn(n, generator=g)
+    deltas = [torch.randn(n, generator=g) * 0.003 for _ in range(3)]
+    if coarse:  # few distinct magnitudes: many ties at the top-k threshold, across chunks
+        deltas = [torch.round(d * 2000) / 2000 for d in deltas]
+    dtypes = dtypes or [dtype] * 4
+    base_s = base.to(dtypes[0])
+    models_s = [(base_s.float() + d).to(t) for d, t in zip(deltas, dtypes[1:], strict=True)]
+    m = get_method(method)
+    gp = {p.name: p.default for p in m.global_params()} | params
+    mps = [{p.name: p.default for p in m.model_params()} | model_params | {"weight": w}
+           for w in (0.5, 0.3, 0.2)]
+    uses_base = m.needs_base
+    raw = TensorContext(NAME, base_s if uses_base else None, models_s, mps, gp, seed=11)
+    f32 = TensorContext(NAME, base_s.float() if uses_base else None, [x.float() for x in models_s], mps, gp, seed=11)
+    return m, raw, f32
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(-1).view({2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+CASES = [
+    ("task_arithmetic", {}, {}),
+    ("task_arithmetic", {}, {"normalize": True, "lambda": 0.7}),
+    ("ties", {"density": 0.2}, {}),
+    ("ties", {"density": 0.5}, {"normalize": False, "lambda": 1.5}),
+    ("dare_ties", {"drop_rate": 0.9}, {}),
+    ("dare_ties", {"drop_rate": 0.5}, {"rescale": "none", "normalize": False}),
+    ("dare_linear", {"drop_rate": 0.99}, {"lambda": 2.0}),
+    ("magnitude_prune", {"drop_rate": 0.7}, {"rescale": "inverse"}),
+    ("linear", {}, {}),
+    ("linear", {}, {"normalize": False}),
+]
+
+
+@pytest.mark.parametrize(("method", "model_params", "params"), CASES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_kernel_matches_reference_bit_for_bit(method: str, model_params: dict, params: dict, dtype: torch.dtype) -> None:
+    n = 3 * cpu.CHUNK + 12_345  # several chunks and a ragged tail
+    m, raw, f32 = contexts(method, dtype, n, model_params, params, coarse=method in ("ties", "magnitude_prune"))
+    fused = m.merge_fused_cpu(raw, dtype)
+    assert fused is not None
+    assert torch.equal(bits(fused), bits(m.merge(f32).to(dtype)))
+
+
+def test_mixed_input_dtypes_and_float16_output() -> None:
+    m, raw, f32 = contexts("dare_ties", torch.float32, 200_003, {"drop_rate": 0.8}, {},
+                           dtypes=[torch.bfloat16, torch.float16, torch.float32, torch.bfloat16])
+    fused = m.merge_fused_cpu(raw, torch.float16)
+    assert torch.equal(bits(fused), bits(m.merge(f32).to(torch.float16)))
+
+
+def test_ties_exactly_at_the_threshold_are_kept_like_the_reference() -> None:
+    # every |δ| equal: top-k must still keep exactly k, the same k elements as the reference
+    base = torch.zeros(2 * cpu.CHUNK + 7)
+    models = [base + 0.25, base - 0.25, base + 0.25]
+    m = get_method("ties")
+    mps = [{"weight": 1.0, "density": 0.3}] * 3
+    gp = {"lambda": 1.0, "normalize": True}
+    fused = m.merge_fused_cpu(TensorContext(NAME, base, models, mps, gp), torch.float32)
+    ref = m.merge(TensorContext(NAME, base.clone(), [x.clone() for x in models], mps, gp))
+    assert torch.equal(fused, ref)
+
+
+def test_uncovered_settings_fall_back_to_the_reference() -> None:
+    m, raw, _ = contexts("dare_ties", torch.bfloat16, 1000, {"drop_rate": 0.5}, {"rescale": "l1"})
+    assert m.merge_fused_cpu(raw, torch.bfloat16) is None
+    m, raw, _ = contexts("della", torch.bfloat16, 1000, {}, {})
+    assert m.merge_fused_cpu(raw, torch.bfloat16) is None
+
+
+def test_kernel_reports_the_non_finite_input() -> None:
+    m, raw, _ = contexts("task_arithmetic", torch.bfloat16, 100_000, {}, {})
+    raw.models[1][77_777] = float("inf")
+    with pytest.raises(ValueError, match="model 1"):
+        m.merge_fused_cpu(raw, torch.bfloat16)
