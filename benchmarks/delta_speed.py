@@ -9,127 +9,27 @@ with other developers' jobs running (load average ~3); the first run in a fresh 
 0.04-0.08 s. Target met in every run.
 Command:  python benchmarks/delta_speed.py --repeat 3   # builds bench-data/delta-speed once
 
-The data: hidden 2048, 16 layers, intermediate 5632, vocab 32000 (0.95B parameters), base
-weights N(0, 0.02) (norm weights 1), fine-tune = base + N(0, 0.002), both stored bf16 in
-500 MB shards with a config.json, written directly with safetensors (no model instantiation).
-``--size tiny`` builds a 2-layer toy for a smoke run. ``--data DIR`` reuses or builds there.
+The data (benchmarks/synthetic.py, shared with merge_speed.py): hidden 2048, 16 layers,
+intermediate 5632, vocab 32000 (0.95B parameters), base weights N(0, 0.02) (norm weights
+1 + N(0, 0.02)), fine-tune = base + N(0, 0.002), both bf16 in 500 MB shards with config and
+tokenizer. ``--size tiny`` builds a 2-layer toy for a smoke run. ``--data DIR`` reuses or builds there.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-SIZES = {
-    "full": {"hidden": 2048, "layers": 16, "intermediate": 5632, "vocab": 32000},
-    "tiny": {"hidden": 64, "layers": 2, "intermediate": 172, "vocab": 256},
-}
-SHARD_BYTES = 500 * 1000 * 1000
+sys.path.insert(0, str(Path(__file__).parent))
+
+from synthetic import SIZES, build_family  # noqa: E402
+
 TARGET_S = 5.0
-
-
-def llama_shapes(hidden: int, layers: int, intermediate: int, vocab: int) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes of a Llama checkpoint (no GQA, untied head), in file order."""
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for proj in ("q", "k", "v", "o"):
-            shapes[f"{p}self_attn.{proj}_proj.weight"] = (hidden, hidden)
-        shapes[f"{p}mlp.gate_proj.weight"] = (intermediate, hidden)
-        shapes[f"{p}mlp.up_proj.weight"] = (intermediate, hidden)
-        shapes[f"{p}mlp.down_proj.weight"] = (hidden, intermediate)
-        shapes[f"{p}input_layernorm.weight"] = (hidden,)
-        shapes[f"{p}post_attention_layernorm.weight"] = (hidden,)
-    shapes["model.norm.weight"] = (hidden,)
-    shapes["lm_head.weight"] = (vocab, hidden)
-    return shapes
-
-
-def llama_config(hidden: int, layers: int, intermediate: int, vocab: int) -> dict:
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": max(1, hidden // 128),
-        "num_key_value_heads": max(1, hidden // 128),
-        "vocab_size": vocab,
-        "max_position_embeddings": 4096,
-        "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": False,
-        "torch_dtype": "bfloat16",
-    }
-
-
-class _ShardWriter:
-    """Collects tensors and writes a safetensors shard each time SHARD_BYTES is reached."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.pending, self.size, self.shards = folder, {}, 0, []
-        self.weight_map: dict[str, int] = {}
-        folder.mkdir(parents=True, exist_ok=True)
-
-    def add(self, name: str, t: torch.Tensor) -> None:
-        nbytes = t.numel() * t.element_size()
-        if self.pending and self.size + nbytes > SHARD_BYTES:
-            self.flush()
-        self.pending[name] = t
-        self.size += nbytes
-        self.weight_map[name] = len(self.shards)
-
-    def flush(self) -> None:
-        if self.pending:
-            self.shards.append(self.pending)
-            save_file(self.pending, str(self.folder / f"part-{len(self.shards)}.safetensors"),
-                      metadata={"format": "pt"})
-            self.shards[-1] = None  # free
-            self.pending, self.size = {}, 0
-
-    def close(self, config: dict, total: int) -> None:
-        self.flush()
-        n = len(self.shards)
-        names = {k: f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)}
-        for k in range(n):
-            (self.folder / f"part-{k + 1}.safetensors").rename(self.folder / names[k])
-        index = {"metadata": {"total_size": total},
-                 "weight_map": {t: names[k] for t, k in self.weight_map.items()}}
-        (self.folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
-        (self.folder / "config.json").write_text(json.dumps(config, indent=1))
-
-
-@torch.no_grad()
-def build_pair(root: Path, size: str, *, sigma_base: float = 0.02, sigma_delta: float = 0.002) -> tuple[Path, Path]:
-    """Write (or reuse) ``root/base`` and ``root/finetune``; returns their paths."""
-    base_dir, ft_dir = root / "base", root / "finetune"
-    done = root / f"complete-{size}"
-    if done.is_file():
-        return base_dir, ft_dir
-    dims = SIZES[size]
-    gen = torch.Generator().manual_seed(0)
-    writers = _ShardWriter(base_dir), _ShardWriter(ft_dir)
-    total = 0
-    for name, shape in llama_shapes(**dims).items():
-        if len(shape) == 1:
-            base = torch.ones(shape)
-        else:
-            base = torch.randn(shape, generator=gen).mul_(sigma_base)
-        ft = base + torch.randn(shape, generator=gen).mul_(sigma_delta)
-        writers[0].add(name, base.to(torch.bfloat16))
-        writers[1].add(name, ft.to(torch.bfloat16))
-        total += base.numel() * 2
-    config = llama_config(**dims)
-    for w in writers:
-        w.close(config, total)
-    done.write_text("ok\n")
-    return base_dir, ft_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.data / args.size
     t0 = time.perf_counter()
-    base, ft = build_pair(root, args.size)
+    family = build_family(root, args.size, n_finetunes=1)
+    base, ft = family["base"], family["ft0"]
     print(f"data: {root} ({time.perf_counter() - t0:.1f} s to build or find)")
     # Read once so every timed run sees the same warm page cache.
     t = time.perf_counter()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
 import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from fusion_ui.io.checkpoint import Checkpoint
 from fusion_ui.tensor_names import num_layers_from_config
@@ -72,6 +74,8 @@ class CompatibilityReport:
 
     def table(self) -> pd.DataFrame:
         """One row per model, for a UI table or CLI print."""
+        import pandas as pd  # only tables need it; merges should not pay its import
+
         rows = []
         for i, m in enumerate(self.models):
             rows.append({

@@ -161,7 +161,8 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
     method = recipe.merge_method
     g = dict(recipe.parameters)
     out: dict[str, Any] = {"merge_method": mk_method}
-    if recipe.base and mk_method != "slerp":
+    if recipe.base and method.needs_base:
+        # mergekit merges a linear config's base_model as one more model (and wants its weight)
         out["base_model"] = recipe.base
     per_model_names = {p.name for p in method.model_params()}
     if mk_method == "slerp":

@@ -7,7 +7,7 @@ import torch
 
 from fusion_ui.kernels import cpu
 from fusion_ui.methods import get_method
-from fusion_ui.methods.base import TensorContext
+from fusion_ui.methods.base import NonFiniteInput, TensorContext
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="numba not installed")
 
@@ -91,5 +91,6 @@ def test_uncovered_settings_fall_back_to_the_reference() -> None:
 def test_kernel_reports_the_non_finite_input() -> None:
     m, raw, _ = contexts("task_arithmetic", torch.bfloat16, 100_000, {}, {})
     raw.models[1][77_777] = float("inf")
-    with pytest.raises(ValueError, match="model 1"):
+    with pytest.raises(NonFiniteInput, match="model 1") as info:
         m.merge_fused_cpu(raw, torch.bfloat16)
+    assert info.value.index == 1

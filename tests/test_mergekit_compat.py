@@ -87,3 +87,10 @@ def test_export_states_semantic_differences() -> None:
     assert "merge_method: della_linear" in recipe_to_mergekit(r)[0]
     r = recipe_from_dict({"method": "magnitude_prune", "base": "b", "models": [{"model": "x"}]})
     assert recipe_to_mergekit(r)[0] is None
+
+
+def test_linear_export_has_no_base_model() -> None:
+    # mergekit would merge base_model as one more model of a linear merge and ask for its weight
+    r = recipe_from_dict({"method": "linear", "base": "b", "models": [{"model": "x"}, {"model": "y"}]})
+    mk = yaml.safe_load(recipe_to_mergekit(r)[0])
+    assert "base_model" not in mk and [m["model"] for m in mk["models"]] == ["x", "y"]

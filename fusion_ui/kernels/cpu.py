@@ -35,7 +35,7 @@ _LAUNCH = threading.Lock()  # one parallel kernel at a time (work-queue layer; a
 
 CHUNK = 1 << 16  # elements per work unit
 _BINS = 1 << 16  # radix-select histogram size (16 bits at a time)
-_GROUPS = 16  # histogram passes split the chunks into this many groups, one histogram each
+_GROUPS = 4  # histogram passes split the data into this many groups, one (small) histogram each
 
 # Sparsifier codes understood by the task-arithmetic kernel.
 SPARSE_NONE, SPARSE_DARE, SPARSE_TOPK = 0, 1, 2
@@ -124,17 +124,26 @@ if _NUMBA:
 
     @nb.njit(parallel=True, nogil=True, cache=True)
     def _abs_delta_hist(theta, base, shift, prefix, prefix_shift):  # noqa: ANN001, ANN202
-        """Histogram of 16 bits of |θ−θ0|'s float bits, over elements whose higher bits equal ``prefix``."""
+        """Histogram of 16 bits of |θ−θ0|'s float bits, over elements whose higher bits equal ``prefix``.
+
+        Also returns, per bin, how many of its elements have non-zero bits below ``shift``: a
+        bin without any holds a single value (bf16 deltas are often exact in 16 bits).
+        """
         n = base.shape[0]
         per_group = (n + _GROUPS - 1) // _GROUPS
-        hist = np.zeros((_GROUPS, _BINS), np.int64)
+        hist = np.zeros((_GROUPS, _BINS), np.int32)  # a group holds < 2^31 elements of one tensor
+        mixed = np.zeros((_GROUPS, _BINS), np.int32)
+        low_mask = (np.uint32(1) << np.uint32(shift)) - np.uint32(1) if shift > 0 else np.uint32(0)
         for g in nb.prange(_GROUPS):
             stop = min(n, (g + 1) * per_group)
             for j in range(g * per_group, stop):
                 bits = _f32_as_u32(abs(_load(theta, j) - _load(base, j)))
                 if prefix_shift >= 32 or (bits >> np.uint32(prefix_shift)) == np.uint32(prefix):
-                    hist[g, (bits >> np.uint32(shift)) & np.uint32(0xFFFF)] += 1
-        return hist.sum(axis=0)
+                    bucket = (bits >> np.uint32(shift)) & np.uint32(0xFFFF)
+                    hist[g, bucket] += 1
+                    if bits & low_mask:
+                        mixed[g, bucket] += 1
+        return hist.sum(axis=0, dtype=np.int64), mixed.sum(axis=0, dtype=np.int64)
 
     @nb.njit(parallel=True, nogil=True, cache=True)
     def _ties_per_chunk(theta, base, value_bits):  # noqa: ANN001, ANN202
@@ -171,6 +180,7 @@ if _NUMBA:
             size = min(n, start + CHUNK) - start
             b = np.empty(size, np.float32)
             wd = np.empty((m, size), np.float32)
+            draws = np.empty(CHUNK + 4, np.uint16)  # DARE draws of one model (padded to whole words)
             nonfinite = np.int64(0)
             for jj in range(size):
                 b[jj] = _load(base, start + jj)
@@ -185,38 +195,46 @@ if _NUMBA:
                 scaled = apply_scale[i]
                 nonfinite = 0
                 if md == SPARSE_DARE:
+                    # 1) the chunk's 16-bit draws, four per SplitMix64 word (CHUNK % 4 == 0, so
+                    #    words align); 2) a branch-free pass that vectorises like plain deltas.
                     key = keys[i]
-                    thr = np.uint64(dare_thr[i])
-                    z = np.uint64(0)
-                    for jj in range(size):  # CHUNK is a multiple of 4: word boundaries align
-                        if jj % 4 == 0:
-                            z = _word(key, (start + jj) // 4)
+                    thr = np.uint16(dare_thr[i])
+                    words = draws.view(np.uint64)
+                    for q in range((size + 3) // 4):
+                        words[q] = _word(key, start // 4 + q)
+                    for jj in range(size):
                         x = _load(arr, start + jj)
                         nonfinite += _nonfinite(x)
-                        d = x - b[jj]
-                        draw = (z >> np.uint64(16 * (jj % 4))) & np.uint64(0xFFFF)
-                        keep = one if draw >= thr else zero
-                        d = d * keep
+                        d = (x - b[jj]) * (one if draws[jj] >= thr else zero)
                         if scaled:
                             d = d * sc
                         wd[i, jj] = d * w
                 elif md == SPARSE_TOPK:
+                    # 1) vectorisable: keep |δ| above the threshold, count the ties;
+                    # 2) only where ties are kept: revisit them in flat-index order.
                     tb = np.uint32(topk_bits[i])
-                    need = tie_need[i]
-                    seen = tie_before[i, c]
+                    ties = np.int64(0)
                     for jj in range(size):
                         x = _load(arr, start + jj)
                         nonfinite += _nonfinite(x)
                         d = x - b[jj]
                         a = _f32_as_u32(abs(d))
-                        keep = one if a > tb else zero
-                        if a == tb:  # rare: order the ties by flat index
-                            keep = one if seen >= need else zero
-                            seen += 1
-                        d = d * keep
+                        ties += np.int64(a == tb)
+                        d = d * (one if a > tb else zero)
                         if scaled:
                             d = d * sc
                         wd[i, jj] = d * w
+                    seen = tie_before[i, c]
+                    if ties and seen + ties > tie_need[i]:
+                        for jj in range(size):
+                            d = _load(arr, start + jj) - b[jj]
+                            if _f32_as_u32(abs(d)) == tb:
+                                if seen >= tie_need[i]:
+                                    d = d * one
+                                    if scaled:
+                                        d = d * sc
+                                    wd[i, jj] = d * w
+                                seen += 1
                 else:
                     for jj in range(size):
                         x = _load(arr, start + jj)
@@ -224,32 +242,36 @@ if _NUMBA:
                         wd[i, jj] = (x - b[jj]) * w
                 if nonfinite:
                     bad[c] = max(bad[c], i + 2)
+            # Combine, as loops over elements (they vectorise); per element the operations and
+            # their order are the reference's: Σ in model order, sign, agreeing sum and weights.
+            mixed = np.empty(size, np.float32)
             for jj in range(size):
-                if consensus:
-                    total = wd[0, jj]
-                    for i in range(1, m):
-                        total = total + wd[i, jj]
-                    sign = one if total >= zero else -one
-                    mixed = zero
-                    divisor = zero
-                    for i in range(m):
+                mixed[jj] = wd[0, jj]
+            for i in range(1, m):
+                for jj in range(size):
+                    mixed[jj] = mixed[jj] + wd[i, jj]
+            if consensus:
+                sign = np.empty(size, np.float32)
+                divisor = np.zeros(size, np.float32)
+                for jj in range(size):
+                    sign[jj] = one if mixed[jj] >= zero else -one
+                    mixed[jj] = zero
+                for i in range(m):
+                    w = weights[i]
+                    for jj in range(size):
                         s = wd[i, jj]
-                        agree = one if s * sign > zero else zero  # sign(s) == sign; s = 0 never agrees
-                        mixed = mixed + s * agree
-                        divisor = divisor + agree * weights[i]
-                    if divisor == zero:
-                        divisor = one
-                    if normalize:
-                        mixed = mixed / divisor
-                else:
-                    mixed = wd[0, jj]
-                    for i in range(1, m):
-                        mixed = mixed + wd[i, jj]
-                    if normalize:
-                        mixed = mixed / weight_sum
-                if apply_lam:
-                    mixed = mixed * lam
-                _store(out, start + jj, mixed + b[jj])
+                        agree = one if s * sign[jj] > zero else zero  # sign(s) == sign; 0 never agrees
+                        mixed[jj] = mixed[jj] + s * agree
+                        divisor[jj] = divisor[jj] + agree * w
+                if normalize:
+                    for jj in range(size):
+                        mixed[jj] = mixed[jj] / (divisor[jj] if divisor[jj] != zero else one)
+            elif normalize:
+                for jj in range(size):
+                    mixed[jj] = mixed[jj] / weight_sum
+            for jj in range(size):
+                x = mixed[jj] * lam if apply_lam else mixed[jj]
+                _store(out, start + jj, x + b[jj])
         return bad.max()
 
     @nb.njit(parallel=True, nogil=True, cache=True)
@@ -296,13 +318,17 @@ def _typed(arrays: list[np.ndarray]):  # noqa: ANN202
 def kth_smallest_abs_delta(theta: np.ndarray, base: np.ndarray, k: int) -> tuple[int, int, int]:
     """Exact k-th smallest (1-based) of |θ−θ0| as float bits, by two 16-bit radix passes.
 
-    Returns (value bits, count of smaller elements, count of equal elements).
+    The second pass is skipped when the first shows that the bucket holds one value, as it
+    usually does for bf16 checkpoints (δ of two bf16 numbers within a factor 2 of each other is
+    exact in bf16). Returns (value bits, count of smaller elements, count of equal elements).
     """
-    high = _abs_delta_hist(theta, base, 16, 0, 32)
+    high, mixed = _abs_delta_hist(theta, base, 16, 0, 32)
     cum = np.cumsum(high)
     bucket = int(np.searchsorted(cum, k))  # first bucket whose cumulative count reaches k
     below = int(cum[bucket - 1]) if bucket else 0
-    low = _abs_delta_hist(theta, base, 0, bucket, 16)
+    if mixed[bucket] == 0:  # every element of the bucket is the same value: no second pass
+        return bucket << 16, below, int(high[bucket])
+    low, _ = _abs_delta_hist(theta, base, 0, bucket, 16)
     cum_low = np.cumsum(low)
     pos = int(np.searchsorted(cum_low, k - below))
     value = (bucket << 16) | pos

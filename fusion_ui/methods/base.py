@@ -13,6 +13,14 @@ from fusion_ui.errors import RecipeError
 from fusion_ui.methods.params import ParamSpec
 
 
+class NonFiniteInput(ValueError):  # noqa: N818 - a signal between kernel and executor, not a user error
+    """A fused kernel met NaN/inf in one of its inputs; the executor names the checkpoint."""
+
+    def __init__(self, index: int | None) -> None:
+        super().__init__("base" if index is None else f"model {index}")
+        self.index = index  # position in ctx.models, or None for the base
+
+
 @dataclass
 class TensorContext:
     """Everything a method needs to merge one tensor. Tensors are float32 on the compute device."""
@@ -75,8 +83,7 @@ class MergeMethod(ABC):
         """The merged tensor in ``out_dtype`` from a fused CPU kernel, or None if none covers it.
 
         Here ``ctx`` holds the raw CPU tensors in their storage dtypes. A kernel must return
-        exactly ``merge(ctx as float32).to(out_dtype)``; NaN/inf inputs raise ValueError naming
-        the input (``"base"`` or ``"model i"``).
+        exactly ``merge(ctx as float32).to(out_dtype)``; NaN/inf inputs raise :class:`NonFiniteInput`.
         """
         return None
 

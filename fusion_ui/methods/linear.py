@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from fusion_ui.errors import RecipeError
-from fusion_ui.methods.base import MergeMethod, TensorContext
+from fusion_ui.methods.base import MergeMethod, NonFiniteInput, TensorContext
 from fusion_ui.methods.params import WEIGHT, normalize_spec
 
 
@@ -45,5 +45,5 @@ class LinearMerge(MergeMethod):
         out = kernel_output(ctx.models[0].numel(), out_dtype)
         bad = cpu.linear(arrays, out, np.array(weights, np.float32), bool(ctx.params["normalize"]), sum(weights))
         if bad:
-            raise ValueError(f"model {bad - 2}")
+            raise NonFiniteInput(bad - 2)
         return as_torch(out, ctx.models[0].shape, out_dtype)

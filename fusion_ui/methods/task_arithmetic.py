@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fusion_ui.errors import RecipeError
-from fusion_ui.methods.base import MergeMethod, TensorContext
+from fusion_ui.methods.base import MergeMethod, NonFiniteInput, TensorContext
 from fusion_ui.methods.consensus import disjoint_sum, elect_sign
 from fusion_ui.methods.params import (
     DROP_RATE,
@@ -183,7 +183,7 @@ class TaskArithmeticFamily(MergeMethod):
         out = kernel_output(n, out_dtype)
         bad = cpu.task_arithmetic(arrays[0], arrays[1:], out, spec, topk)
         if bad:
-            raise ValueError("base" if bad == 1 else f"model {bad - 2}")
+            raise NonFiniteInput(None if bad == 1 else bad - 2)
         return as_torch(out, ctx.base.shape, out_dtype)
 
 
