@@ -180,13 +180,17 @@ class Checkpoint:
     def names(self) -> Iterator[str]:
         return iter(self.tensors)
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """Read one tensor (CPU, storage dtype)."""
+    def tensor(self, name: str, *, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Read one tensor (CPU, storage dtype).
+
+        ``buffer`` (uint8, at least the tensor's size) is read into and viewed instead of a new
+        allocation: reusing buffers avoids the page faults of fresh memory on large merges.
+        """
         info = self.tensors.get(name)
         if info is None:
             raise ModelSourceError(f"{self.ref} has no tensor named {name!r}")
         if self.format == "safetensors":
-            return self._read_safetensors(info)
+            return self._read_safetensors(info, buffer)
         return self._bin_shard(info.file)[name]
 
     # -- internals -----------------------------------------------------------------------
@@ -202,8 +206,11 @@ class Checkpoint:
                 self._handles[file] = fd
             return fd
 
-    def _read_safetensors(self, info: TensorInfo) -> torch.Tensor:
-        buf = torch.empty(info.nbytes, dtype=torch.uint8)
+    def _read_safetensors(self, info: TensorInfo, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        if buffer is not None and buffer.dtype == torch.uint8 and buffer.numel() >= info.nbytes:
+            buf = buffer[: info.nbytes]
+        else:
+            buf = torch.empty(info.nbytes, dtype=torch.uint8)
         view = memoryview(buf.numpy())
         fd = self._fd(info.file)
         done = 0
