@@ -215,3 +215,19 @@ def test_dare_warning_for_large_but_related_deltas(tmp_path: Path) -> None:
         assert any("DARE works while deltas" in w for w in plan.warnings)
     with plan_merge(recipe(fam, "ties")) as plan:
         assert not any("DARE" in w for w in plan.warnings)
+
+
+def test_shape_mismatch_stops_the_merge_before_any_work(llama_family: dict[str, Path], tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=48, hidden_size=32, intermediate_size=80, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    wide = save(LlamaForCausalLM(cfg), tmp_path / "wide")
+    fam = {"base": llama_family["base"], "ft0": llama_family["ft0"], "wide": wide}
+    out = tmp_path / "merged"
+    with pytest.raises(IncompatibleModelsError) as info:
+        export_merge(recipe(fam), out, device="cpu")
+    message = str(info.value)
+    # every mismatching tensor is named (gate/up/down of 3 layers), not just the first
+    assert message.count("differs from the base's") == 9 and "mlp.up_proj" in message
+    assert not out.exists() and leftovers(tmp_path) == []
