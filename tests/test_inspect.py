@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from factory import fine_tune_of, save, tiny_model
+
 from fusion_ui.inspect import inspect_models
 
 

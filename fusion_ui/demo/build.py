@@ -1,0 +1,208 @@
+"""Build the demo family: tokenizer, eval sets, a pretrained base and skill experts.
+
+The base is pretrained on the general skills, and on the expert skills for words over
+half the alphabet, in the shared prompt format (see ``skills``); each expert is a short, low-learning-rate fine-tune of the (bf16-rounded) base
+on one expert skill, so its delta is small and redundant enough for DARE, and merges of
+the experts hold. Every
+random draw derives from one seed, so the same seed and thread count give the same bits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from fusion_ui.demo.model import SIZES, generation_config, new_model
+from fusion_ui.demo.skills import (
+    BASE_LETTERS,
+    EXPERT_SKILLS,
+    GENERAL,
+    GENERAL_SKILLS,
+    eval_examples,
+    training_stream,
+    write_jsonl,
+)
+from fusion_ui.demo.tokenizer import build_tokenizer
+from fusion_ui.demo.train import TrainConfig, train
+from fusion_ui.errors import ExportError, RecipeError
+
+# progress(stage, steps_done_in_stage, steps_in_stage); stages: "base", "expert_<skill>".
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines the family's bits."""
+
+    size: str = "full"  # key of fusion_ui.demo.model.SIZES
+    seed: int = 0  # root of every random draw (init, data, eval sets)
+    base: TrainConfig = field(  # pretraining: general skills + expert skills on a-m words
+        default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup=100, weight_decay=0.1)
+    )
+    expert: TrainConfig = field(  # each expert's fine-tune on its one skill
+        default_factory=lambda: TrainConfig(steps=150, batch_size=64, lr=1e-4, warmup=10, min_lr_ratio=0.1)
+    )
+    replay: float = 0.0  # share of general-skill examples mixed into each expert's fine-tune
+    experts: tuple[str, ...] = tuple(EXPERT_SKILLS)  # which expert skills to fine-tune
+    eval_items: int = 200  # held-out items per eval set
+    min_len: int = 3  # shortest input word
+    max_len: int = 10  # longest input word
+    threads: int = 1  # torch intra-op threads; part of bit-reproducibility
+
+    def __post_init__(self) -> None:
+        if self.size not in SIZES:
+            raise RecipeError(f"unknown demo size {self.size!r}; choose one of {', '.join(SIZES)}")
+        unknown = [s for s in self.experts if s not in EXPERT_SKILLS]
+        if unknown:
+            raise RecipeError(f"unknown expert skills {unknown}; choose from {', '.join(EXPERT_SKILLS)}")
+        if not 0.0 <= self.replay < 1.0:
+            raise RecipeError("replay must be in [0, 1)")
+        if not 1 <= self.min_len <= self.max_len:
+            raise RecipeError("need 1 <= min_len <= max_len")
+
+
+PRESETS: dict[str, BuildConfig] = {
+    "full": BuildConfig(),
+    # Seconds on one CPU core: checks the pipeline, not the accuracy.
+    "tiny": BuildConfig(
+        size="tiny",
+        base=TrainConfig(steps=30, batch_size=16, lr=3e-3, warmup=5, weight_decay=0.1),
+        expert=TrainConfig(steps=5, batch_size=16, lr=1e-3, warmup=1),
+        eval_items=20,
+        max_len=6,
+    ),
+}
+
+
+@dataclass
+class BuildReport:
+    """What a build wrote and how long it took."""
+
+    out_dir: Path  # the family folder
+    models: dict[str, Path]  # "base" / "expert_<skill>" -> model folder
+    eval_sets: dict[str, Path]  # skill -> JSONL file
+    seconds: dict[str, float]  # wall time per stage
+    final_loss: dict[str, float]  # mean loss of the last 10 steps per stage
+
+
+def eval_set_names(cfg: BuildConfig) -> list[str]:
+    return [*cfg.experts, GENERAL]
+
+
+def write_eval_sets(cfg: BuildConfig, folder: Path) -> tuple[dict[str, Path], set[str]]:
+    """Held-out eval sets, and the words they use (kept out of every training stream)."""
+    paths: dict[str, Path] = {}
+    words: set[str] = set()
+    for name in eval_set_names(cfg):
+        items = eval_examples(name, cfg.eval_items, seed=cfg.seed, min_len=cfg.min_len, max_len=cfg.max_len)
+        words.update(ex.prompt.split(": ", 1)[1][:-2] for ex in items)
+        paths[name] = folder / f"{name}.jsonl"
+        write_jsonl(items, paths[name])
+    return paths, words
+
+
+def pretrain_base(
+    cfg: BuildConfig, tokenizer: PreTrainedTokenizerFast, exclude: set[str], progress: Progress | None = None
+) -> tuple[LlamaForCausalLM, list[float]]:
+    model = new_model(SIZES[cfg.size], tokenizer, seed=cfg.seed)
+    stream = training_stream(
+        [*GENERAL_SKILLS, *EXPERT_SKILLS],
+        seed=cfg.seed,
+        min_len=cfg.min_len,
+        max_len=cfg.max_len,
+        exclude=exclude,
+        letters=dict.fromkeys(EXPERT_SKILLS, BASE_LETTERS),
+    )
+    cb = None if progress is None else (lambda i, _loss: progress("base", i + 1, cfg.base.steps))
+    losses = train(model, tokenizer, stream, cfg.base, on_step=cb)
+    return model, losses
+
+
+def finetune_expert(
+    base: LlamaForCausalLM,
+    skill: str,
+    cfg: BuildConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    exclude: set[str],
+    progress: Progress | None = None,
+) -> tuple[LlamaForCausalLM, list[float]]:
+    """A copy of ``base`` fine-tuned on ``skill``, with ``cfg.replay`` of general examples mixed in."""
+    model = copy.deepcopy(base).float()
+    torch.manual_seed(cfg.seed)
+    mix = {skill: 1.0 - cfg.replay}
+    if cfg.replay > 0:
+        mix.update(dict.fromkeys(GENERAL_SKILLS, cfg.replay / len(GENERAL_SKILLS)))
+    stream = training_stream(
+        mix, seed=hash_seed(cfg.seed, skill), min_len=cfg.min_len, max_len=cfg.max_len, exclude=exclude
+    )
+    stage = f"expert_{skill}"
+    cb = None if progress is None else (lambda i, _loss: progress(stage, i + 1, cfg.expert.steps))
+    losses = train(model, tokenizer, stream, cfg.expert, on_step=cb)
+    return model, losses
+
+
+def hash_seed(seed: int, name: str) -> int:
+    """A stable per-name seed (Python's hash() is salted per process)."""
+    return seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
+
+
+def save_model(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, folder: Path) -> LlamaForCausalLM:
+    """Write a complete bf16 checkpoint folder; returns the bf16-rounded weights as float32."""
+    shipped = copy.deepcopy(model).to(torch.bfloat16)
+    shipped.generation_config = generation_config(tokenizer)
+    shipped.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return shipped.float()
+
+
+def build_family(
+    out_dir: Path, cfg: BuildConfig, *, overwrite: bool = False, progress: Progress | None = None
+) -> BuildReport:
+    """Build the whole family into ``out_dir`` (base/, expert_<skill>/, evals/, build_info.json)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out_dir} is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
+        for sub in ["base", "evals", *(f"expert_{s}" for s in EXPERT_SKILLS)]:
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    tokenizer = build_tokenizer()
+    seconds: dict[str, float] = {}
+    final_loss: dict[str, float] = {}
+
+    eval_sets, held_out = write_eval_sets(cfg, out_dir / "evals")
+
+    start = time.perf_counter()
+    base, losses = pretrain_base(cfg, tokenizer, held_out, progress)
+    seconds["base"] = time.perf_counter() - start
+    final_loss["base"] = sum(losses[-10:]) / len(losses[-10:])
+    models = {"base": out_dir / "base"}
+    base = save_model(base, tokenizer, models["base"])  # experts start from the shipped bits
+
+    for skill in cfg.experts:
+        stage = f"expert_{skill}"
+        start = time.perf_counter()
+        expert, losses = finetune_expert(base, skill, cfg, tokenizer, held_out, progress)
+        seconds[stage] = time.perf_counter() - start
+        final_loss[stage] = sum(losses[-10:]) / len(losses[-10:])
+        models[stage] = out_dir / stage
+        save_model(expert, tokenizer, models[stage])
+
+    info = {
+        "config": asdict(cfg),
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "final_loss": {k: round(v, 4) for k, v in final_loss.items()},
+        "torch": torch.__version__,
+        "eval_sets": {k: str(p.relative_to(out_dir)) for k, p in eval_sets.items()},
+    }
+    (out_dir / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return BuildReport(out_dir, models, eval_sets, seconds, final_loss)
