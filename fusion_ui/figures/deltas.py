@@ -369,7 +369,7 @@ def dare_preview_histogram(preview: DarePreview) -> go.Figure:
             y_max = max(y_max, float(np.nanmax(100 * share)))
     _add_thresholds(fig, THRESHOLDS, y_max * 1.05)
     fig.update_xaxes(type="log", range=list(LOG_X_RANGE), title=ABS_AXIS, exponentformat="power")
-    fig.update_yaxes(title=SHARE_AXIS + " (dropped elements = exact 0, not drawn)", rangemode="tozero")
+    fig.update_yaxes(title=SHARE_AXIS, rangemode="tozero")
     scale = 1 / preview.keep_probability if preview.rescale == "inverse" else None
     i5 = THRESHOLDS.index(0.005)
     title = (
@@ -383,5 +383,6 @@ def dare_preview_histogram(preview: DarePreview) -> go.Figure:
         f"{what} · seed {preview.seed} · ‖δ̂−δ‖/‖δ‖ = {preview.rel_error:.3g}"
         + (f" (expected {preview.expected_rel_error:.3g})" if not math.isnan(preview.expected_rel_error) else "")
         + f" · weights move by {_pct(preview.rel_change_weights, 2)} of ‖θ‖"
+        + " · dropped elements are exact zeros (not drawn)"
     )
     return _layout(fig, title, subtitle)
