@@ -231,3 +231,11 @@ def test_shape_mismatch_stops_the_merge_before_any_work(llama_family: dict[str, 
     # every mismatching tensor is named (gate/up/down of 3 layers), not just the first
     assert message.count("differs from the base's") == 9 and "mlp.up_proj" in message
     assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_preview_model_of_another_architecture_is_refused_untouched(llama_family: dict[str, Path]) -> None:
+    other = tiny_model("gpt2", seed=0)
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(IncompatibleModelsError, match="preview model does not match"):
+        merge_into_model(recipe(llama_family, "task_arithmetic"), other, device="cpu")
+    assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())

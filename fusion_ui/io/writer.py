@@ -15,7 +15,7 @@ from typing import BinaryIO, Protocol
 
 import torch
 
-from fusion_ui.errors import ExportError
+from fusion_ui.errors import ExportError, IncompatibleModelsError
 from fusion_ui.io.checkpoint import SAFE_INDEX, SAFE_SINGLE
 from fusion_ui.io.safetensors_format import build_header, write_tensor_bytes
 
@@ -78,7 +78,7 @@ class ModelSink:
         missing = [s.name for s in specs if s.name not in state]
         wrong = [s.name for s in specs if s.name in state and tuple(state[s.name].shape) != s.shape]
         if missing or wrong:
-            raise ExportError(
+            raise IncompatibleModelsError(
                 f"the preview model does not match the merge: missing {missing[:5]}, "
                 f"shape differs {wrong[:5]}; load the base model's architecture first"
             )
