@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from fusion_ui.errors import FusionError
+from fusion_ui.errors import RecipeError
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` = CUDA if available, else CPU; an explicit CUDA request fails clearly without one."""
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None) = CUDA if available, else CPU; asking for CUDA without one fails clearly."""
     if isinstance(device, torch.device):
         return device
     name = (device or "auto").strip().lower()
@@ -16,8 +16,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except RuntimeError as exc:
-        raise FusionError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    except (RuntimeError, TypeError) as exc:
+        raise RecipeError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FusionError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use cpu or auto")
+        raise RecipeError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use cpu or auto")
     return dev

@@ -5,7 +5,7 @@ Used by the app's Compare tab and by ``fusion-ui eval``. Knows nothing of the UI
 
 from __future__ import annotations
 
-from fusion_ui.evals.device import resolve_device
+from fusion_ui.device import resolve_device
 from fusion_ui.evals.generate import greedy_generate
 from fusion_ui.evals.perplexity import answer_nll, perplexity
 from fusion_ui.evals.run import (

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fusion_ui.evals.device import resolve_device
+from fusion_ui.device import resolve_device
 
 
 def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:

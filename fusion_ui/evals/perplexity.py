@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fusion_ui.evals.device import resolve_device
+from fusion_ui.device import resolve_device
 from fusion_ui.evals.generate import pad_id_of
 from fusion_ui.evals.sets import EvalItem
 

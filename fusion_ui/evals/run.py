@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from fusion_ui.device import resolve_device
 from fusion_ui.errors import ModelSourceError
-from fusion_ui.evals.device import resolve_device
 from fusion_ui.evals.generate import greedy_generate
 from fusion_ui.evals.perplexity import answer_nll, perplexity
 from fusion_ui.evals.scoring import METRICS, metric_fn
