@@ -28,7 +28,7 @@ StateDict = dict[str, torch.Tensor]
 DARE_RATES = (0.5, 0.9, 0.99)
 # Hand-picked for the shipped family (see assets/demo/README.md); swept with --sweep.
 TIES_DENSITY = 0.2
-COCKTAIL_BASE_WEIGHT = 0.5
+COCKTAIL_BASE_WEIGHT = 0.3
 
 
 # -- merges: the engine ----------------------------------------------------------------
@@ -189,7 +189,7 @@ def main() -> None:
             kept.append("")
     table["kept of expert"] = kept
     pd.set_option("display.width", 200)
-    print(f"\nexact match (%), greedy, {results.groupby('skill')['n'].first().to_dict()} items; merges by the {args.backend}")
+    print(f"\nexact match (%), greedy, { {k: int(v) for k, v in results.groupby('skill')['n'].first().items()} } items; merges by the {args.backend}")
     print(table.round(1).to_string())
     print("\nexperts' delta statistics (all tensors, bf16 checkpoints)")
     print(delta_stats(family, experts).to_string(float_format=lambda x: f"{x:.4g}"))

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fusion_ui.cli import demo as demo_cli
 from fusion_ui.cli import eval as eval_cli
-from fusion_ui.demo import PRESETS, build_family, build_tokenizer
+from fusion_ui.demo import DEMO_DIR, PRESETS, build_family, build_tokenizer
 from fusion_ui.demo.skills import (
     EXPERT_SKILLS,
     GENERAL_SKILLS,
@@ -157,3 +157,19 @@ def test_cli_builds_and_evaluates(tmp_path, capsys):
     assert _run_cli(eval_cli.register, argv) == 0
     printed = capsys.readouterr().out
     assert "expert_upper" in printed and "mirror" in printed and "perplexity" in printed
+
+
+@pytest.mark.skipif(not (DEMO_DIR / "base").is_dir(), reason="shipped family not present")
+def test_shipped_family_loads_offline_and_fits_the_budget():
+    size = sum(p.stat().st_size for p in DEMO_DIR.rglob("*") if p.is_file())
+    assert size <= 40 * 2**20
+    tok = AutoTokenizer.from_pretrained(str(DEMO_DIR / "base"))
+    for name in ["base", *(f"expert_{s}" for s in EXPERT_SKILLS)]:
+        folder = DEMO_DIR / name
+        assert MODEL_FILES <= {p.name for p in folder.iterdir()}
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        assert model.config.model_type == "llama"
+    # The mirror expert answers its own skill (a smoke check; the table is in the benchmark).
+    ids = tok("mirror: hello =", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=8)
+    assert tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True) == " svool"

@@ -53,7 +53,8 @@ def run_eval(args: argparse.Namespace) -> int:
     results = evaluate_sources(
         sources, items, device=args.device, batch_size=args.batch_size, with_perplexity=args.perplexity
     )
-    print(f"{args.metric} (%), n per skill: {dict(results.groupby('skill', sort=False)['n'].first())}")
+    counts = {skill: int(n) for skill, n in results.groupby("skill", sort=False)["n"].first().items()}
+    print(f"{args.metric} (%), items per skill: {counts}")
     print((score_table(results, args.metric) * 100).round(1).to_string())
     if args.perplexity:
         print("\nanswer-only perplexity")

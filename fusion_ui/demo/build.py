@@ -48,7 +48,7 @@ class BuildConfig:
         default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup=100, weight_decay=0.1)
     )
     expert: TrainConfig = field(  # each expert's fine-tune on its one skill
-        default_factory=lambda: TrainConfig(steps=150, batch_size=64, lr=1e-4, warmup=10, min_lr_ratio=0.1)
+        default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=1e-4, warmup=10, min_lr_ratio=0.1)
     )
     replay: float = 0.0  # share of general-skill examples mixed into each expert's fine-tune
     experts: tuple[str, ...] = tuple(EXPERT_SKILLS)  # which expert skills to fine-tune
@@ -171,8 +171,8 @@ def build_family(
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise ExportError(f"{out_dir} is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
-        for sub in ["base", "evals", *(f"expert_{s}" for s in EXPERT_SKILLS)]:
-            shutil.rmtree(out_dir / sub, ignore_errors=True)
+        for sub in [out_dir / "base", out_dir / "evals", *out_dir.glob("expert_*")]:
+            shutil.rmtree(sub, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     tokenizer = build_tokenizer()

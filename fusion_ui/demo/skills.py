@@ -14,7 +14,7 @@ Two groups, on purpose:
   its change on an instruction the base can already tell apart from the others. A
   prototype whose experts met their instruction words for the first time in the
   fine-tune learned "unknown instruction -> my skill": the three deltas said the same
-  thing about different skills and every merge of them collapsed to 0%;
+  thing about different skills and every merge of them collapsed to 0%.
 * general skills (``copy``, ``capital``, ``rot13``, ``back``): the base's general
   ability, scored as one "general" eval set; experts partly forget it and an
   LM-Cocktail-style merge with the base restores it.
