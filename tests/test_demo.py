@@ -173,3 +173,16 @@ def test_shipped_family_loads_offline_and_fits_the_budget():
     ids = tok("mirror: hello =", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=8)
     assert tok.decode(out[0, ids.input_ids.shape[1]:], skip_special_tokens=True) == " svool"
+
+
+@pytest.mark.parametrize("name", ["dare_ties", "task_arithmetic", "cocktail_mirror"])
+def test_shipped_recipes_merge_the_shipped_family(name: str) -> None:
+    from fusion_ui import load_recipe, merge_to_state_dict
+
+    path = DEMO_DIR / "recipes" / f"{name}.yaml"
+    if not (DEMO_DIR / "base" / "config.json").is_file():
+        pytest.skip("the shipped family is not in this checkout")
+    recipe = load_recipe(path)
+    assert recipe.base == str((DEMO_DIR / "base").resolve())
+    state = merge_to_state_dict(recipe, device="cpu")
+    assert state and all(torch.isfinite(t.float()).all() for t in state.values())
