@@ -39,6 +39,8 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
     custom = os.environ.get("FUSION_UI_TEST_DEMO_DIR")
     family = Path(custom) if custom else demo_like_family(tmp_path_factory.mktemp("demo"))
     running = RunningApp(family, tmp_path_factory.mktemp("state"))
+    experts = sorted(p.name for p in family.glob("expert_*"))
+    running.first_expert, running.n_experts = experts[0], len(experts)  # type: ignore[attr-defined]
     yield running
     running.close()
 
@@ -73,7 +75,7 @@ def test_journey_by_clicks(app: RunningApp, browser: Any, tmp_path: Path) -> Non
     page.goto(app.url + "?__theme=light")
     # The demo family is loaded on start: the table and the verdict appear without a click.
     wait_text(page, "#verdict", "Compatible")
-    wait_text(page, "#models-table", "expert_alpha")
+    wait_text(page, "#models-table", app.first_expert)  # type: ignore[attr-defined]
     shot(page, "1-models")
 
     open_tab(page, "Deltas")  # opening the tab runs the analysis
@@ -89,10 +91,11 @@ def test_journey_by_clicks(app: RunningApp, browser: Any, tmp_path: Path) -> Non
     shot(page, "3-merge")
 
     open_tab(page, "Compare")
-    wait_text(page, "#column-3", "merge")  # base, two fine-tunes, then the merge's column
+    n = app.n_experts  # type: ignore[attr-defined]
+    wait_text(page, f"#column-{n + 1}", "merge")  # base, every fine-tune, then the merge's column
     page.click("#generate")
     page.wait_for_function(
-        "() => [...document.querySelectorAll('.gen-column textarea')].filter(t => t.value.trim()).length >= 4",
+        f"() => [...document.querySelectorAll('.gen-column textarea')].filter(t => t.value.trim()).length >= {n + 2}",
         timeout=TIMEOUT_MS,
     )
     page.click("#score")
