@@ -391,15 +391,21 @@ def _preflight_deltas(plan: MergePlan, allow_large: bool) -> None:
     ]
     if not candidates:
         return
-    picks = {candidates[0].name, candidates[len(candidates) // 2].name, candidates[-1].name}
+    picks = sorted({candidates[0].name, candidates[len(candidates) // 2].name, candidates[-1].name})
+    bases: dict[str, tuple[torch.Tensor, float]] = {}  # read once, shared by every fine-tune
+    for name in picks:
+        base = _read(plan.base, name, None).float()
+        norm0 = float(base.norm())
+        if not math.isfinite(norm0):  # only then pay for the element-wise check
+            _check_finite(base, plan.base, name)
+        bases[name] = (base, norm0)
     for model in plan.models:
         rels, medians = [], []
-        for name in sorted(picks):
-            base = _read(plan.base, name, None).float()
+        for name in picks:
+            base, norm0 = bases[name]
             delta = _read(model, name, None).float() - base
-            norm0, norm = float(base.norm()), float(delta.norm())
-            if not math.isfinite(norm0 + norm):  # only then pay for the element-wise check
-                _check_finite(base, plan.base, name)
+            norm = float(delta.norm())
+            if not math.isfinite(norm):
                 _check_finite(delta, model, name)
             rels.append(norm / norm0 if norm0 > 0 else 0.0)
             # the median only sets a warning: a strided sample of ~100k elements is plenty
