@@ -41,6 +41,7 @@ from fusion_ui.export import export_merge
 from fusion_ui.figures.deltas import HEATMAP_METRICS
 from fusion_ui.inspect import inspect_models
 from fusion_ui.io import Checkpoint
+from fusion_ui.io.source import short_names
 from fusion_ui.io.writer import ModelSink, parse_size
 from fusion_ui.merge import merge_into_model, plan_merge, run_merge
 from fusion_ui.methods import METHODS
@@ -84,19 +85,7 @@ class DemoFamily:
 
     def selection(self) -> Selection:
         models = [str(p) for p in self.experts.values()]
-        return {"base": str(self.base), "models": models, "labels": labels_for(models)}
-
-
-def labels_for(refs: Sequence[str]) -> list[str]:
-    """Short unique names: the folder or repo name, numbered when two collide."""
-    out: list[str] = []
-    for ref in refs:
-        stem = Path(str(ref).rstrip("/")).name or str(ref)
-        name, n = stem, 2
-        while name in out:
-            name, n = f"{stem}#{n}", n + 1
-        out.append(name)
-    return out
+        return {"base": str(self.base), "models": models, "labels": short_names(models)}
 
 
 def make_selection(base: str, models: Sequence[str]) -> Selection:
@@ -108,7 +97,7 @@ def make_selection(base: str, models: Sequence[str]) -> Selection:
     if not refs:
         raise RecipeError("add at least one fine-tune (one folder or hub id per line)")
     base, refs = _absolute(base), [_absolute(r) for r in refs]
-    return {"base": base, "models": refs, "labels": labels_for(refs)}
+    return {"base": base, "models": refs, "labels": short_names(refs)}
 
 
 def _absolute(ref: str) -> str:
@@ -676,7 +665,7 @@ class Engine:
             "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "kind": kind,
             "method": recipe.method,
-            "models": ", ".join(labels_for([e.model for e in recipe.models])),
+            "models": ", ".join(short_names([e.model for e in recipe.models])),
             "recipe": recipe.to_yaml(),
             **extra,
         }
@@ -773,6 +762,5 @@ __all__ = [
     "ModelCache",
     "Selection",
     "check_ref",
-    "labels_for",
     "make_selection",
 ]

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,6 +44,7 @@ from fusion_ui.deltas.verdict import RULES_TEXT, DareVerdict, dare_verdict
 from fusion_ui.device import resolve_device
 from fusion_ui.errors import FusionError, IncompatibleModelsError, RecipeError
 from fusion_ui.io.checkpoint import Checkpoint
+from fusion_ui.io.source import short_names
 from fusion_ui.progress import CancelToken, ProgressCallback, report
 from fusion_ui.tensor_names import MODULE_KINDS, layer_index, module_kind
 
@@ -140,14 +140,7 @@ def _labels(fts: list[Checkpoint], labels: Sequence[str] | None) -> list[str]:
         if len(labels) != len(fts) or len(set(labels)) != len(labels):
             raise RecipeError(f"give {len(fts)} distinct labels, one per fine-tune; got {labels}")
         return [str(x) for x in labels]
-    out: list[str] = []
-    for ck in fts:
-        stem = Path(str(ck.ref).rstrip("/")).name or str(ck.ref)
-        name, n = stem, 2
-        while name in out:
-            name, n = f"{stem}#{n}", n + 1
-        out.append(name)
-    return out
+    return short_names([ck.ref for ck in fts])
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,18 @@ class ModelSource:
     path: Path  # local folder holding config.json, weights and tokenizer files
     hub_id: str | None = None  # set when the model came through the hub cache
     revision: str | None = None  # hub revision asked for, if any
+
+
+def short_names(refs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Short unique names for model references: the folder or repo name, numbered on collision."""
+    out: list[str] = []
+    for ref in refs:
+        stem = Path(str(ref).rstrip("/")).name or str(ref)
+        name, n = stem, 2
+        while name in out:
+            name, n = f"{stem}#{n}", n + 1
+        out.append(name)
+    return out
 
 
 def split_revision(ref: str) -> tuple[str, str | None]:
