@@ -79,6 +79,16 @@ if _NUMBA:
 
         return types.uint32(types.float32), codegen
 
+    @intrinsic
+    def _pointer(typingctx, proto, addr):  # noqa: ANN001
+        """``addr`` as a pointer to ``proto``'s element type (the models arrive as addresses)."""
+        ptr_type = types.CPointer(proto.dtype)
+
+        def codegen(context, builder, signature, args):  # noqa: ANN001
+            return builder.inttoptr(args[1], context.get_value_type(ptr_type))
+
+        return ptr_type(proto, types.uint64), codegen
+
     def _load(a, j):  # noqa: ANN001, ANN202 - dispatched by dtype through the overload below
         raise NotImplementedError
 
@@ -164,13 +174,13 @@ if _NUMBA:
         return np.int64((_f32_as_u32(x) & np.uint32(0x7F800000)) == np.uint32(0x7F800000))
 
     @nb.njit(parallel=True, nogil=True, cache=True)
-    def _task_arithmetic(base, models, out, weights, mode, dare_thr, keys, scale, apply_scale,
+    def _task_arithmetic(base, proto, addrs, out, weights, mode, dare_thr, keys, scale, apply_scale,
                          topk_bits, tie_need, tie_before, consensus, normalize, weight_sum,
                          lam, apply_lam):  # noqa: ANN001, ANN202
         # Per chunk: the base once, then one model at a time into an L2-sized buffer of
         # weighted deltas (m, CHUNK), then the combination; every loop streams one array.
         n = base.shape[0]
-        m = len(models)
+        m = len(addrs)
         nchunks = (n + CHUNK - 1) // CHUNK
         bad = np.zeros(nchunks, np.int64)
         zero = np.float32(0.0)
@@ -188,7 +198,7 @@ if _NUMBA:
             if nonfinite:
                 bad[c] = 1
             for i in range(m):
-                arr = models[i]
+                arr = nb.carray(_pointer(proto, addrs[i]), n)
                 w = weights[i]
                 md = mode[i]
                 sc = scale[i]
@@ -275,9 +285,9 @@ if _NUMBA:
         return bad.max()
 
     @nb.njit(parallel=True, nogil=True, cache=True)
-    def _linear(models, out, weights, normalize, weight_sum):  # noqa: ANN001, ANN202
+    def _linear(proto, addrs, out, weights, normalize, weight_sum):  # noqa: ANN001, ANN202
         n = out.shape[0]
-        m = len(models)
+        m = len(addrs)
         nchunks = (n + CHUNK - 1) // CHUNK
         bad = np.zeros(nchunks, np.int64)
         for c in nb.prange(nchunks):
@@ -285,7 +295,7 @@ if _NUMBA:
             size = min(n, start + CHUNK) - start
             acc = np.empty(size, np.float32)
             for i in range(m):
-                arr = models[i]
+                arr = nb.carray(_pointer(proto, addrs[i]), n)
                 w = weights[i]
                 nonfinite = 0
                 if i == 0:
@@ -308,11 +318,18 @@ if _NUMBA:
         return bad.max()
 
 
-def _typed(arrays: list[np.ndarray]):  # noqa: ANN202
-    lst = nb.typed.List()
-    for a in arrays:
-        lst.append(a)
-    return lst
+def _addresses(arrays: list[np.ndarray], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The arrays as (an empty array of their type, their addresses), for the kernels.
+
+    A numba typed list would do, but its first use in a process costs ~0.7 s (measured), more
+    than a whole small merge; addresses cost nothing and one compiled kernel serves any number
+    of models. The caller keeps the arrays alive during the call.
+    """
+    if len({(a.dtype, a.ndim) for a in arrays}) != 1 or any(
+        a.shape != (n,) or not a.flags.c_contiguous for a in arrays
+    ):
+        raise ValueError("kernel inputs must be flat, contiguous arrays of one dtype and length")
+    return arrays[0][:0], np.array([a.ctypes.data for a in arrays], np.uint64)
 
 
 def kth_smallest_abs_delta(theta: np.ndarray, base: np.ndarray, k: int) -> tuple[int, int, int]:
@@ -375,8 +392,9 @@ def _task_arithmetic_locked(
             tie_before[i, 1:] = np.cumsum(counts)[:-1]
         elif tie_need[i] >= equal:
             tie_need[i] = equal  # all ties dropped
+    proto, addrs = _addresses(models, n)
     return int(_task_arithmetic(
-        base, _typed(models), out, spec.weights, spec.mode, spec.dare_threshold, spec.keys,
+        base, proto, addrs, out, spec.weights, spec.mode, spec.dare_threshold, spec.keys,
         spec.scale, spec.apply_scale, topk_bits, tie_need, tie_before, spec.consensus,
         spec.normalize, np.float32(spec.weight_sum), np.float32(spec.lam), spec.apply_lam,
     ))
@@ -386,4 +404,5 @@ def linear(models: list[np.ndarray], out: np.ndarray, weights: np.ndarray, norma
            weight_sum: float) -> int:
     """Fused weighted average into ``out``; returns 0 or 1 + index of a non-finite input."""
     with _LAUNCH:
-        return int(_linear(_typed(models), out, weights, normalize, np.float32(weight_sum)))
+        proto, addrs = _addresses(models, out.shape[0])
+        return int(_linear(proto, addrs, out, weights, normalize, np.float32(weight_sum)))
