@@ -66,3 +66,25 @@ def test_ci_runs_the_readme_test_command() -> None:
     commands = re.findall(r"^\s*(python -m pytest[^\n]*)$", readme, flags=re.M)
     assert commands, "README shows no test command"
     assert commands[0].strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_merge_as_a_process_exits_early_with_everything_written(llama_family: dict[str, Path], tmp_path: Path) -> None:
+    # A real `fusion-ui merge` process skips the interpreter's teardown after success: what it
+    # printed and what it wrote must all be there, and the exit code must still be 0.
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "method": "task_arithmetic", "base": str(llama_family["base"]),
+        "models": [{"model": str(llama_family["ft0"]), "weight": 0.5}, {"model": str(llama_family["ft1"]), "weight": 0.5}],
+    }))
+    out = tmp_path / "merged"
+    proc = subprocess.run([sys.executable, "-m", "fusion_ui.cli", "merge", str(recipe), "--out", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"wrote {out}") and proc.stdout.endswith("\n")
+    merged = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert main(["merge", str(recipe), "--out", str(tmp_path / "again"), "--device", "cpu"]) == 0  # in-process: returns
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "again").state_dict()
+    assert all((merged[k] == again[k]).all() for k in merged)
+    failed = subprocess.run([sys.executable, "-m", "fusion_ui.cli", "merge", str(recipe), "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and "error:" in failed.stderr  # exists, no --force: the normal exit path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,13 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except FusionError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if argv is None and code == 0 and getattr(args, "fast_exit", False):
+        # A whole process (not a call from Python): its outputs are closed and in place, so
+        # skip the interpreter's teardown of torch and numba state (~0.4 s measured after a
+        # 0.9B merge, about 6% of the whole command).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return code
 
 
 def _version() -> str:

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--allow-large-deltas", action="store_true",
         help="merge even if a model does not look like a fine-tune of the base",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, fast_exit=True)
 
 
 def run(args: argparse.Namespace) -> int:
