@@ -26,8 +26,10 @@ from fusion_ui.evals import evaluate, limit_per_skill, load_eval_sets, score_tab
 
 StateDict = dict[str, torch.Tensor]
 DARE_RATES = (0.5, 0.9, 0.99)
-# Hand-picked for the shipped family (see assets/demo/README.md); swept with --sweep.
-TIES_DENSITY = 0.2
+# TIES preset for the shipped family (see assets/demo/README.md): keep 80% of each task
+# vector by magnitude, elect signs, then scale the disjoint mean by λ.
+TIES_DENSITY = 0.8
+TIES_LAMBDA = 1.5
 COCKTAIL_BASE_WEIGHT = 0.3
 
 
@@ -105,9 +107,9 @@ def recipes(experts: list[str], dtype: str) -> list[tuple[str, str, dict]]:
     rows += [
         ("task arithmetic λ=1 (all experts)", "merge",
          {**common, "method": "task_arithmetic", "models": everyone, "parameters": {"lambda": 1.0}}),
-        (f"TIES density={TIES_DENSITY} λ=1 (all experts)", "merge",
+        (f"TIES density={TIES_DENSITY} λ={TIES_LAMBDA} (all experts)", "merge",
          {**common, "method": "ties", "models": [{**m, "density": TIES_DENSITY} for m in everyone],
-          "parameters": {"lambda": 1.0}}),
+          "parameters": {"lambda": TIES_LAMBDA}}),
         ("DARE-TIES p=0.9 λ=1 (all experts)", "merge",
          {**common, "method": "dare_ties", "models": [{**m, "drop_rate": 0.9} for m in everyone],
           "parameters": {"lambda": 1.0}}),

@@ -19,6 +19,8 @@ from fusion_ui.demo import DEMO_DIR, PRESETS, build_family, build_tokenizer
 from fusion_ui.demo.skills import (
     EXPERT_SKILLS,
     GENERAL_SKILLS,
+    HIDDEN_LETTERS,
+    base_letters,
     eval_examples,
     get_skill,
     training_stream,
@@ -65,6 +67,27 @@ def test_eval_items_are_distinct_seeded_and_never_trained_on():
     general = eval_examples("general", 8, seed=0, min_len=3, max_len=5)
     assert {it.label for it in general} == {"general"}
     assert {it.prompt.split(":")[0] for it in general} == set(GENERAL_SKILLS)
+
+
+def test_base_never_sees_an_expert_skill_on_its_hidden_letters():
+    # Each expert completes its skill on letters the base never saw it applied to; the sets
+    # overlap in one letter at most, so the experts change the model on different letters.
+    assert set(HIDDEN_LETTERS) == set(EXPERT_SKILLS)
+    sets = [set(v) for v in HIDDEN_LETTERS.values()]
+    assert all(len(a & b) <= 1 for i, a in enumerate(sets) for b in sets[i + 1:])
+    assert set().union(*sets) == set("abcdefghijklmnopqrstuvwxyz")
+    assert base_letters("upper") == "klmnopqrstuvwxyz" and base_letters("copy") == "abcdefghijklmnopqrstuvwxyz"
+    letters = {name: base_letters(name) for name in EXPERT_SKILLS}
+    stream = training_stream([*GENERAL_SKILLS, *EXPERT_SKILLS], seed=0, min_len=3, max_len=10, exclude=set(), letters=letters)
+    seen = {name: set() for name in [*GENERAL_SKILLS, *EXPERT_SKILLS]}
+    for _ in range(5000):
+        ex = next(stream)
+        name, word = ex.prompt.split(": ")[0], ex.prompt.split(": ")[1][:-2]
+        seen[name] |= set(word)
+    for name, hidden in HIDDEN_LETTERS.items():
+        assert not seen[name] & set(hidden), name
+        assert seen[name] == set(base_letters(name))
+    assert all(seen[name] == set("abcdefghijklmnopqrstuvwxyz") for name in GENERAL_SKILLS)
 
 
 def test_tokenizer_is_one_token_per_character_plus_skill_openers(tmp_path):

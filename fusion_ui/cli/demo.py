@@ -20,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--base-steps", type=int, default=None, help="override the base's pretraining steps")
     build.add_argument("--expert-steps", type=int, default=None, help="override each expert's fine-tuning steps")
     build.add_argument("--expert-lr", type=float, default=None, help="override the experts' learning rate")
+    build.add_argument(
+        "--replay", type=float, default=None,
+        help="share of general-skill examples mixed into each expert's fine-tune (default: the preset's)",
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing family in --out")
     build.set_defaults(func=run_build)
 
@@ -33,6 +37,8 @@ def run_build(args: argparse.Namespace) -> int:
         changes["seed"] = args.seed
     if args.threads is not None:
         changes["threads"] = args.threads
+    if args.replay is not None:
+        changes["replay"] = args.replay
     if args.base_steps is not None:
         changes["base"] = dataclasses.replace(cfg.base, steps=args.base_steps)
     expert_changes = {k: v for k, v in (("steps", args.expert_steps), ("lr", args.expert_lr)) if v is not None}

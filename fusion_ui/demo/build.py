@@ -1,10 +1,10 @@
 """Build the demo family: tokenizer, eval sets, a pretrained base and skill experts.
 
-The base is pretrained on the general skills, and on the expert skills for words over
-half the alphabet, in the shared prompt format (see ``skills``); each expert is a short, low-learning-rate fine-tune of the (bf16-rounded) base
-on one expert skill, so its delta is small and redundant enough for DARE, and merges of
-the experts hold. Every
-random draw derives from one seed, so the same seed and thread count give the same bits.
+The base is pretrained on the general skills, and on each expert skill for words without
+that skill's hidden letters, in the shared prompt format (see ``skills``); each expert is a
+short, low-learning-rate fine-tune of the (bf16-rounded) base on one expert skill, so its
+delta is small and redundant enough for DARE, and merges of the experts hold. Every random
+draw derives from one seed, so the same seed and thread count give the same bits.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from fusion_ui.demo.model import SIZES, generation_config, new_model
 from fusion_ui.demo.skills import (
-    BASE_LETTERS,
     EXPERT_SKILLS,
     GENERAL,
     GENERAL_SKILLS,
+    HIDDEN_LETTERS,
+    base_letters,
     eval_examples,
     training_stream,
     write_jsonl,
@@ -44,13 +45,16 @@ class BuildConfig:
 
     size: str = "full"  # key of fusion_ui.demo.model.SIZES
     seed: int = 0  # root of every random draw (init, data, eval sets)
-    base: TrainConfig = field(  # pretraining: general skills + expert skills on a-m words
+    base: TrainConfig = field(  # pretraining: general skills + expert skills without their hidden letters
         default_factory=lambda: TrainConfig(steps=1500, batch_size=128, lr=2e-3, warmup=100, weight_decay=0.1)
     )
     expert: TrainConfig = field(  # each expert's fine-tune on its one skill
         default_factory=lambda: TrainConfig(steps=300, batch_size=64, lr=1e-4, warmup=10, min_lr_ratio=0.1)
     )
-    replay: float = 0.0  # share of general-skill examples mixed into each expert's fine-tune
+    # share of general-skill examples mixed into each expert's fine-tune: 5% keeps the experts
+    # from damaging the general skills (without it the upper expert fell to 23% on them), and
+    # that collateral damage is what broke the all-expert merges
+    replay: float = 0.05
     experts: tuple[str, ...] = tuple(EXPERT_SKILLS)  # which expert skills to fine-tune
     eval_items: int = 200  # held-out items per eval set
     min_len: int = 3  # shortest input word
@@ -119,7 +123,7 @@ def pretrain_base(
         min_len=cfg.min_len,
         max_len=cfg.max_len,
         exclude=exclude,
-        letters=dict.fromkeys(EXPERT_SKILLS, BASE_LETTERS),
+        letters={name: base_letters(name) for name in EXPERT_SKILLS},
     )
     cb = None if progress is None else (lambda i, _loss: progress("base", i + 1, cfg.base.steps))
     losses = train(model, tokenizer, stream, cfg.base, on_step=cb)
@@ -199,6 +203,7 @@ def build_family(
 
     info = {
         "config": asdict(cfg),
+        "hidden_letters": {name: HIDDEN_LETTERS[name] for name in EXPERT_SKILLS},  # never in the base's expert data
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "final_loss": {k: round(v, 4) for k, v in final_loss.items()},
         "torch": torch.__version__,

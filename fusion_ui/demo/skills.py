@@ -5,16 +5,23 @@ skill name in the prompt is what lets one merged model tell the experts' skills 
 
 Two groups, on purpose:
 
-* expert skills (``upper``, ``shift``, ``mirror``): the base is pretrained on them only
-  for words made of the letters a-m (``BASE_LETTERS``), so it knows the instruction
-  words and has a representation of each, but scores near 0% on the eval sets (random
-  words over all 26 letters). Each expert completes one skill for every letter in a
-  short, low-learning-rate fine-tune. Like a real base model that has met a task in
-  pretraining without mastering it, the fine-tune refines rather than invents, and keys
-  its change on an instruction the base can already tell apart from the others. A
-  prototype whose experts met their instruction words for the first time in the
-  fine-tune learned "unknown instruction -> my skill": the three deltas said the same
-  thing about different skills and every merge of them collapsed to 0%.
+* expert skills (``upper``, ``shift``, ``mirror``): the base is pretrained on each of them
+  except on words holding its *hidden letters* (``HIDDEN_LETTERS``: a-j for upper, k-r for
+  shift, r-z for mirror), so it knows the instruction words and has a representation of
+  each, but scores low on the eval sets (random words over all 26 letters). Each expert
+  completes one skill for its hidden letters in a short, low-learning-rate fine-tune. Like
+  a real base model that has met a task in pretraining without mastering it, the fine-tune
+  refines rather than invents, and keys its change on an instruction the base can already
+  tell apart from the others. Two lessons are built in:
+
+  - A prototype whose experts met their instruction words for the first time in the
+    fine-tune learned "unknown instruction -> my skill": the three deltas said the same
+    thing about different skills and every merge of them collapsed to 0%.
+  - When every expert completed its skill on the *same* letters (n-z), their changes
+    overlapped on the same input letters: the task vectors of upper and mirror were
+    anti-correlated (cosine -0.13) and no merge kept all three skills above 35%. With
+    (nearly) disjoint hidden letters each expert changes what the model does with other
+    letters.
 * general skills (``copy``, ``capital``, ``rot13``, ``back``): the base's general
   ability, scored as one "general" eval set; experts partly forget it and an
   LM-Cocktail-style merge with the base restores it.
@@ -67,8 +74,18 @@ GENERAL_SKILLS: dict[str, Skill] = {
     )
 }
 
-# The letters the base sees expert skills applied to in pretraining (the first half).
-BASE_LETTERS = _LOWER[:13]
+# The letters each expert skill is never applied to in the base's pretraining. Nearly disjoint
+# (only r is shared), so each expert's fine-tune changes how the model treats other input
+# letters. Each set is large enough that the base scores <= 30% on the skill: the base
+# generalises a skill to unseen letters more than one would guess (upper, helped by the
+# general skill `capital`, reached 40% with 9 hidden letters; mirror 32% with 8).
+HIDDEN_LETTERS: dict[str, str] = {"upper": _LOWER[:10], "shift": _LOWER[10:18], "mirror": _LOWER[17:]}
+
+
+def base_letters(skill: str) -> str:
+    """The letters the base sees ``skill`` applied to in pretraining (all but its hidden ones)."""
+    hidden = HIDDEN_LETTERS.get(skill, "")
+    return "".join(c for c in _LOWER if c not in hidden)
 
 # The eval-set label shared by every general-skill item.
 GENERAL = "general"
