@@ -22,6 +22,7 @@ from fusion_ui.errors import IncompatibleModelsError, RecipeError, TensorValueEr
 from fusion_ui.inspect import CompatibilityReport, check_compatibility
 from fusion_ui.io.checkpoint import Checkpoint
 from fusion_ui.io.writer import ModelSink, StateDictSink, TensorSink, TensorSpec
+from fusion_ui.kernels import warm_up_in_background
 from fusion_ui.methods import MergeMethod
 from fusion_ui.methods.base import NonFiniteInput, TensorContext
 from fusion_ui.progress import CancelToken, ProgressCallback, report
@@ -92,6 +93,7 @@ def plan_merge(
     recipe: Recipe, *, allow_large_deltas: bool = False, preflight: bool = True
 ) -> MergePlan:
     """Open and check everything a merge needs; raise every fixable error now."""
+    warm_up_in_background()  # the CPU kernels load while the models are opened and checked
     recipe.validate_for_method()
     method = recipe.merge_method
     opened: list[Checkpoint] = []

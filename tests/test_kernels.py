@@ -94,3 +94,21 @@ def test_kernel_reports_the_non_finite_input() -> None:
     with pytest.raises(NonFiniteInput, match="model 1") as info:
         m.merge_fused_cpu(raw, torch.bfloat16)
     assert info.value.index == 1
+
+
+def test_warm_up_loads_the_bf16_kernels_on_a_thread_and_the_package_import_stays_light() -> None:
+    import subprocess
+    import sys
+
+    from fusion_ui.kernels import warm_up_in_background
+
+    thread = warm_up_in_background()
+    assert thread is warm_up_in_background()  # once per process
+    thread.join(timeout=600)
+    assert not thread.is_alive()
+    loaded = [tuple(str(t) for t in sig) for sig in cpu._task_arithmetic.signatures]
+    assert any(sig[0].startswith("array(uint16") and sig[3].startswith("array(uint16") for sig in loaded), loaded
+    # importing the package (as every engine module does) must not pay for numba
+    code = "import sys, fusion_ui.kernels, fusion_ui.merge; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "False", out.stderr

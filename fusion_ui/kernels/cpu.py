@@ -406,3 +406,25 @@ def linear(models: list[np.ndarray], out: np.ndarray, weights: np.ndarray, norma
     with _LAUNCH:
         proto, addrs = _addresses(models, out.shape[0])
         return int(_linear(proto, addrs, out, weights, normalize, np.float32(weight_sum)))
+
+
+
+def warm_up() -> None:
+    """Call the task-arithmetic and linear kernels once on tiny bf16 inputs, so that numba loads
+    them from its cache (or compiles them) now rather than inside the first merge. Only the
+    bf16 -> bf16 variants: each loaded signature costs ~0.2 s, and a merge that needs another
+    one loads it when it first calls it."""
+    if not _NUMBA:
+        return
+    n = 8
+    base = np.full(n, 0x3F80, np.uint16)  # 1.0 in bf16
+    models = [np.full(n, 0x3F81 + i, np.uint16) for i in range(2)]
+    spec = TaskArithmeticSpec(
+        weights=np.ones(2, np.float32), mode=np.array([SPARSE_DARE, SPARSE_NONE], np.int64),
+        dare_threshold=np.zeros(2, np.int64), keys=np.zeros(2, np.uint64), scale=np.ones(2, np.float32),
+        apply_scale=np.zeros(2, np.bool_), consensus=True, normalize=True, weight_sum=2.0, lam=1.0,
+        apply_lam=False,
+    )
+    out = np.empty(n, np.uint16)
+    task_arithmetic(base, models, out, spec, [None, None])
+    linear(models, out, np.ones(2, np.float32), True, 2.0)
