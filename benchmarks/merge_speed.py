@@ -148,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mergekit-cmd", help="path to mergekit-yaml (installed in its own venv)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--out-dir", type=Path, default=None,
+        help="where both tools write their merges (default: DATA/SIZE/outputs on disk). A tmpfs "
+        "such as /dev/shm takes the disk's write-back out of the measurement, for both tools",
+    )
     args = parser.parse_args(argv)
 
     data = args.data / args.size
@@ -159,12 +164,14 @@ def main(argv: list[str] | None = None) -> int:
                         "MKL_NUM_THREADS": str(args.threads)}
     out_root = data / "outputs"
     out_root.mkdir(exist_ok=True)
+    merged_root = args.out_dir if args.out_dir is not None else out_root
+    merged_root.mkdir(parents=True, exist_ok=True)
     rows = []
     for method in args.methods.split(","):
         recipe = recipe_for(method, family)
         ours_yaml = out_root / f"{method}.yaml"
         ours_yaml.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        ours_out = out_root / f"{method}-fusion_ui"
+        ours_out = merged_root / f"{method}-fusion_ui"
         shutil.rmtree(ours_out, ignore_errors=True)
         wall, rss = timed([sys.executable, "-m", "fusion_ui.cli", "merge", str(ours_yaml), "--out",
                            str(ours_out), "--device", "cpu", "--no-mergekit"], env)
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             assert mk_text is not None
             mk_yaml = out_root / f"{method}.mergekit.yml"
             mk_yaml.write_text(mk_text)
-            mk_out = out_root / f"{method}-mergekit"
+            mk_out = merged_root / f"{method}-mergekit"
             shutil.rmtree(mk_out, ignore_errors=True)
             mk_wall, mk_rss = timed([args.mergekit_cmd, str(mk_yaml), str(mk_out)], env)
             row |= {"mergekit_s": mk_wall, "mergekit_rss_gb": mk_rss, "speedup": mk_wall / wall}
