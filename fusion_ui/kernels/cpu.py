@@ -408,7 +408,6 @@ def linear(models: list[np.ndarray], out: np.ndarray, weights: np.ndarray, norma
         return int(_linear(proto, addrs, out, weights, normalize, np.float32(weight_sum)))
 
 
-
 def warm_up() -> None:
     """Call the task-arithmetic and linear kernels once on tiny bf16 inputs, so that numba loads
     them from its cache (or compiles them) now rather than inside the first merge. Only the
