@@ -14,17 +14,10 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["cpu_kernels_available", "warm_up_in_background"]
+__all__ = ["warm_up_in_background"]
 
 _warm: threading.Thread | None = None
 _warm_lock = threading.Lock()
-
-
-def cpu_kernels_available() -> bool:
-    """Whether the fused CPU kernels can run here (imports numba)."""
-    from fusion_ui.kernels.cpu import available
-
-    return available()
 
 
 def warm_up_in_background() -> threading.Thread:
