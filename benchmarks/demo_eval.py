@@ -74,7 +74,7 @@ def private_merge(recipe: dict, family: Path) -> StateDict:
             p = recipe["models"][0].get("drop_rate", 0.9)
             deltas = [_dare(d, p, params.get("rescale", "inverse") == "inverse", gen) for d in deltas]
         if method == "ties":
-            deltas = [_trim(d, params.get("density", TIES_DENSITY)) for d in deltas]
+            deltas = [_trim(d, m.get("density", TIES_DENSITY)) for d, m in zip(deltas, recipe["models"], strict=True)]
         stacked = torch.stack([w * d for w, d in zip(weights, deltas, strict=True)])
         if method in ("ties", "dare_ties"):
             sign = torch.sign(stacked.sum(0))
