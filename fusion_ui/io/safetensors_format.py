@@ -20,6 +20,7 @@ from typing import BinaryIO
 import torch
 
 from fusion_ui.errors import ModelSourceError
+from fusion_ui.io.direct import OutputFile
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -121,7 +122,7 @@ def build_header(
     return struct.pack("<Q", len(raw)) + raw, offsets
 
 
-def write_tensor_bytes(f: BinaryIO, tensor: torch.Tensor) -> int:
+def write_tensor_bytes(f: BinaryIO | OutputFile, tensor: torch.Tensor) -> int:
     """Write a CPU tensor's raw bytes (row-major, little-endian) and return how many."""
     t = tensor.detach().contiguous()
     if t.device.type != "cpu":

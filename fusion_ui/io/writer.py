@@ -11,12 +11,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
+import numpy as np
 import torch
 
 from fusion_ui.errors import ExportError, IncompatibleModelsError
 from fusion_ui.io.checkpoint import SAFE_INDEX, SAFE_SINGLE
+from fusion_ui.io.direct import DIRECT_MIN_BYTES, STAGING_BYTES, OutputFile, aligned_buffer
 from fusion_ui.io.safetensors_format import build_header, write_tensor_bytes
 
 
@@ -144,17 +146,30 @@ class ShardedSafetensorsSink:
 
     Shard layout and headers are fixed in ``begin`` from the known output specs, so only one
     tensor is ever held in memory. The metadata (e.g. the recipe) goes into every shard.
+    Shards of ``direct_min_bytes`` or more are written around the page cache
+    (:mod:`fusion_ui.io.direct`) where the filesystem allows it; ``direct_min_bytes=None``
+    never does.
     """
 
-    def __init__(self, folder: Path, *, max_shard_bytes: int, metadata: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        max_shard_bytes: int,
+        metadata: dict[str, str] | None = None,
+        direct_min_bytes: int | None = DIRECT_MIN_BYTES,
+    ) -> None:
         self.folder = Path(folder)
         self.max_shard_bytes = max_shard_bytes
+        self.direct_min_bytes = direct_min_bytes
+        self.direct_files: list[str] = []  # the shards that went around the page cache
+        self._staging: np.ndarray | None = None
         self.metadata = {"format": "pt", **(metadata or {})}
         self.files: list[str] = []
         self._shard_of: dict[str, int] = {}
         self._order: list[TensorSpec] = []
         self._next = 0
-        self._open: tuple[int, BinaryIO] | None = None
+        self._open: tuple[int, OutputFile] | None = None
         self._shards: list[list[TensorSpec]] = []
 
     def begin(self, specs: Sequence[TensorSpec]) -> None:
@@ -176,7 +191,7 @@ class ShardedSafetensorsSink:
         shard = self._shard_of[name]
         if self._open is None or self._open[0] != shard:
             self._close_shard()
-            f = (self.folder / self.files[shard]).open("wb")
+            f = OutputFile(self.folder / self.files[shard], staging=self._staging_for(shard))
             header, _ = build_header([(s.name, s.dtype, s.shape) for s in self._shards[shard]], self.metadata)
             f.write(header)
             self._open = (shard, f)
@@ -195,9 +210,21 @@ class ShardedSafetensorsSink:
             (self.folder / SAFE_INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
     def abort(self) -> None:
-        self._close_shard()
+        if self._open is not None:
+            self._open[1].discard()
+            self._open = None
+
+    def _staging_for(self, shard: int) -> np.ndarray | None:
+        if self.direct_min_bytes is None or sum(s.nbytes for s in self._shards[shard]) < self.direct_min_bytes:
+            return None
+        if self._staging is None:
+            self._staging = aligned_buffer(STAGING_BYTES)
+        return self._staging
 
     def _close_shard(self) -> None:
         if self._open is not None:
-            self._open[1].close()
+            shard, f = self._open
             self._open = None
+            f.close()
+            if f.direct:
+                self.direct_files.append(self.files[shard])
