@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fusion_ui.card import model_card
+from fusion_ui.device import resolve_device, warm_up_in_background
 from fusion_ui.errors import ExportError, ModelSourceError
 from fusion_ui.io.checkpoint import TOKENIZER_FILES, Checkpoint
 from fusion_ui.io.writer import ShardedSafetensorsSink, parse_size
@@ -61,6 +62,8 @@ def export_merge(
     if target.exists() and not target.is_dir():
         raise ExportError(f"{target} exists and is not a folder")
     start = time.perf_counter()
+    dev = resolve_device(device)  # a device that is not there fails here, before any work
+    warm_up_in_background(dev)
     with plan_merge(recipe, allow_large_deltas=allow_large_deltas) as plan:
         # The written recipe names the dtype actually used, so it reproduces this export exactly.
         plan.recipe = plan.recipe.model_copy(update={"dtype": str(plan.out_dtype).removeprefix("torch.")})
@@ -75,7 +78,7 @@ def export_merge(
             sink = ShardedSafetensorsSink(
                 tmp, max_shard_bytes=shard_bytes, metadata={"fusion_ui_recipe": recipe_yaml}
             )
-            run_merge(plan, sink, device=device, progress=progress, cancel=cancel)
+            run_merge(plan, sink, device=dev, progress=progress, cancel=cancel)
             _write_config(plan, tmp)
             _copy_tokenizer(tok_source, tmp)
             notes = None

@@ -114,3 +114,23 @@ def test_shards_written_either_way_load_identically(tmp_path: Path, direct_min_b
     assert loaded.keys() == tensors.keys()
     for name, t in tensors.items():
         assert loaded[name].dtype == t.dtype and torch.equal(loaded[name], t), name
+
+
+def test_the_environment_can_turn_direct_writes_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = torch.arange(5000, dtype=torch.float32)
+    spec = [TensorSpec("x", (5000,), torch.float32)]
+    written = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv("FUSION_UI_DIRECT_IO", setting)
+        folder = tmp_path / setting
+        folder.mkdir()
+        sink = ShardedSafetensorsSink(folder, max_shard_bytes=10**6, direct_min_bytes=0)
+        sink.begin(spec)
+        sink.write("x", t)
+        sink.finish()
+        written[setting] = sink.direct_files
+        assert torch.equal(load_file(folder / "model.safetensors")["x"], t)
+    assert written["0"] == []
+    if written["1"] == []:
+        pytest.skip("no O_DIRECT on this platform or filesystem: nothing to turn off")
+    assert written["1"] == ["model.safetensors"]

@@ -19,6 +19,7 @@ from fusion_ui import (
     CancelToken,
     ExportError,
     IncompatibleModelsError,
+    RecipeError,
     TensorValueError,
     export_merge,
     merge_into_model,
@@ -128,11 +129,11 @@ def test_atomic_on_injected_failure(llama_family: dict[str, Path], tmp_path: Pat
     real = merge_mod.compute_tensor
     calls = {"n": 0}
 
-    def failing(plan, job, device, inputs=None):
+    def failing(plan, job, device, inputs=None, out_pool=None):
         calls["n"] += 1
         if calls["n"] == 7:
             raise OSError("disk on fire")
-        return real(plan, job, device, inputs)
+        return real(plan, job, device, inputs, out_pool)
 
     monkeypatch.setattr(merge_mod, "compute_tensor", failing)
     out = tmp_path / "merged"
@@ -239,3 +240,53 @@ def test_preview_model_of_another_architecture_is_refused_untouched(llama_family
     with pytest.raises(IncompatibleModelsError, match="preview model does not match"):
         merge_into_model(recipe(llama_family, "task_arithmetic"), other, device="cpu")
     assert all(torch.equal(before[k], v) for k, v in other.state_dict().items())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_asking_for_a_missing_gpu_fails_before_any_work(llama_family: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import fusion_ui.export as export_mod
+
+    def no_planning(*a, **k):
+        raise AssertionError("planned a merge for a device that is not there")
+
+    monkeypatch.setattr(export_mod, "plan_merge", no_planning)
+    with pytest.raises(RecipeError, match="sees no CUDA GPU"):
+        export_merge(recipe(llama_family), tmp_path / "out", device="cuda")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_workers_scale_with_cores() -> None:
+    from fusion_ui.merge import read_workers
+
+    assert read_workers(4, cores=2) == 1  # CI: the compute threads need both cores
+    assert read_workers(4, cores=8) == 2
+    assert read_workers(4, cores=16) == 4
+    assert read_workers(3, cores=64) == 3  # never more threads than checkpoints
+
+
+def test_checkpoints_read_side_by_side_give_the_same_merge(llama_family: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import fusion_ui.merge as merge_mod
+
+    r = recipe(llama_family, seed=5)
+    serial = merge_to_state_dict(r, device="cpu")
+    readers: set[str] = set()
+    real_read = merge_mod._read
+
+    def spy(*a, **k):
+        readers.add(threading.current_thread().name)
+        return real_read(*a, **k)
+
+    monkeypatch.setattr(merge_mod, "read_workers", lambda n, cores=None: n)
+    monkeypatch.setattr(merge_mod, "_read", spy)
+    parallel = merge_to_state_dict(r, device="cpu")
+    # base + 3 fine-tunes go to a pool of 4 threads: several of them read (the main thread
+    # reads only the planning's samples)
+    merging = readers - {"MainThread"}
+    assert len(merging) >= 2 and all(n.startswith("fusion-ui-read-ckpt") for n in merging), readers
+    assert serial.keys() == parallel.keys()
+    for name, t in serial.items():
+        assert torch.equal(parallel[name], t), name

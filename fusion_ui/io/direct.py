@@ -23,6 +23,7 @@ import numpy as np
 ALIGN = 4096  # a multiple of every common logical block size (512, 4096)
 STAGING_BYTES = 8 << 20  # one aligned staging buffer per sink, reused from shard to shard
 DIRECT_MIN_BYTES = 64 << 20  # smaller files are written the usual way: nothing to win
+DIRECT_IO_ENV = "FUSION_UI_DIRECT_IO"  # "0": write every file through the page cache
 
 
 def aligned_buffer(nbytes: int, align: int = ALIGN) -> np.ndarray:

@@ -7,6 +7,7 @@ Every sink gets the full list of tensors first (``begin``), then each tensor in 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,13 @@ import torch
 
 from fusion_ui.errors import ExportError, IncompatibleModelsError
 from fusion_ui.io.checkpoint import SAFE_INDEX, SAFE_SINGLE
-from fusion_ui.io.direct import DIRECT_MIN_BYTES, STAGING_BYTES, OutputFile, aligned_buffer
+from fusion_ui.io.direct import (
+    DIRECT_IO_ENV,
+    DIRECT_MIN_BYTES,
+    STAGING_BYTES,
+    OutputFile,
+    aligned_buffer,
+)
 from fusion_ui.io.safetensors_format import build_header, write_tensor_bytes
 
 
@@ -39,6 +46,9 @@ class TensorSpec:
 
 
 class TensorSink(Protocol):
+    """Where merged tensors go. A sink whose ``retains_tensors`` is False (copies or writes each
+    tensor before ``write`` returns) lets the engine reuse the memory it handed over."""
+
     def begin(self, specs: Sequence[TensorSpec]) -> None: ...
     def write(self, name: str, tensor: torch.Tensor) -> None: ...
     def finish(self) -> None: ...
@@ -47,6 +57,8 @@ class TensorSink(Protocol):
 
 class StateDictSink:
     """Collects the merged tensors in a dict (CPU), for previews and tests."""
+
+    retains_tensors = True  # the tensors handed over are the result
 
     def __init__(self) -> None:
         self.state_dict: dict[str, torch.Tensor] = {}
@@ -70,6 +82,8 @@ class ModelSink:
     Names are checked against the model before any work, so a mismatch fails fast. On abort
     the model holds a mix of old and new tensors; callers reload or re-merge it.
     """
+
+    retains_tensors = False  # each tensor is copied into the model
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -147,9 +161,11 @@ class ShardedSafetensorsSink:
     Shard layout and headers are fixed in ``begin`` from the known output specs, so only one
     tensor is ever held in memory. The metadata (e.g. the recipe) goes into every shard.
     Shards of ``direct_min_bytes`` or more are written around the page cache
-    (:mod:`fusion_ui.io.direct`) where the filesystem allows it; ``direct_min_bytes=None``
-    never does.
+    (:mod:`fusion_ui.io.direct`) where the filesystem allows it; ``direct_min_bytes=None``, or
+    the environment variable ``FUSION_UI_DIRECT_IO=0``, writes every shard the usual way.
     """
+
+    retains_tensors = False  # each tensor is written out before write() returns
 
     def __init__(
         self,
@@ -161,6 +177,8 @@ class ShardedSafetensorsSink:
     ) -> None:
         self.folder = Path(folder)
         self.max_shard_bytes = max_shard_bytes
+        if os.environ.get(DIRECT_IO_ENV, "1").strip() == "0":
+            direct_min_bytes = None
         self.direct_min_bytes = direct_min_bytes
         self.direct_files: list[str] = []  # the shards that went around the page cache
         self._staging: np.ndarray | None = None
