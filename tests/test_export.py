@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,43 @@ def test_checkpoints_read_side_by_side_give_the_same_merge(llama_family: dict[st
     assert serial.keys() == parallel.keys()
     for name, t in serial.items():
         assert torch.equal(parallel[name], t), name
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_results_written_from_reused_buffers_are_exact(llama_family: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    """Kernels write into a few recycled buffers while the writer thread still writes the last
+    result: the export and the preview model get exactly the in-memory merge."""
+    import fusion_ui.merge as merge_mod
+
+    made: list[int] = []
+
+    class CountingPool(merge_mod.BufferPool):
+        def take(self, nbytes: int) -> torch.Tensor:
+            before = len(self._issued)
+            buf = super().take(nbytes)
+            made.append(len(self._issued) - before)
+            return buf
+
+    r = recipe(llama_family, seed=2, dtype=dtype)
+    expected = merge_to_state_dict(r, device="cpu")
+    monkeypatch.setattr(merge_mod, "BufferPool", CountingPool)
+    # slow sinks: the next tensor is computed while the last one is still being written, so a
+    # buffer recycled too early would be overwritten under the writer
+    from fusion_ui.io import writer as writer_mod
+
+    for cls in (writer_mod.ShardedSafetensorsSink, writer_mod.ModelSink):
+        def slow(self, name, tensor, _write=cls.write):
+            time.sleep(0.01)
+            return _write(self, name, tensor)
+
+        monkeypatch.setattr(cls, "write", slow)
+    made.clear()
+    export_merge(r, tmp_path / "out", device="cpu")
+    taken = len(made)
+    assert sum(made) < taken / 3  # most buffers were reused (inputs and outputs)
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=getattr(torch, dtype)).state_dict()
+    model = merge_into_model(r, AutoModelForCausalLM.from_pretrained(llama_family["base"], dtype=getattr(torch, dtype)))
+    preview = model.state_dict()
+    for name, t in expected.items():
+        assert torch.equal(got[name], t) and torch.equal(preview[name], t), name

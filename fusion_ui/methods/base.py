@@ -32,6 +32,8 @@ class TensorContext:
     params: dict[str, Any]  # global parameters resolved for this tensor
     seed: int = 0  # recipe seed; random steps use key(i) = (seed, name, i)
     model_indices: Sequence[int] = field(default_factory=tuple)  # recipe index of each model
+    # Reused bytes (CPU, uint8) a fused kernel may write its result into instead of new memory
+    out_buffer: torch.Tensor | None = None
 
     def key(self, i: int) -> tuple:
         """Random key of the i-th model here: depends on (seed, tensor name, model index) only."""

@@ -42,8 +42,8 @@ class LinearMerge(MergeMethod):
         if arrays is None:
             return None
         weights = [float(mp["weight"]) for mp in ctx.model_params]
-        out = kernel_output(ctx.models[0].numel(), out_dtype)
+        out = kernel_output(ctx.models[0].numel(), out_dtype, ctx.out_buffer)
         bad = cpu.linear(arrays, out, np.array(weights, np.float32), bool(ctx.params["normalize"]), sum(weights))
         if bad:
             raise NonFiniteInput(bad - 2)
-        return as_torch(out, ctx.models[0].shape, out_dtype)
+        return as_torch(out, ctx.models[0].shape, out_dtype, ctx.out_buffer)

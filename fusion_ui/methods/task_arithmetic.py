@@ -180,11 +180,11 @@ class TaskArithmeticFamily(MergeMethod):
             normalize=bool(ctx.params["normalize"]), weight_sum=sum(weights), lam=lam,
             apply_lam=lam != 1.0,
         )
-        out = kernel_output(n, out_dtype)
+        out = kernel_output(n, out_dtype, ctx.out_buffer)
         bad = cpu.task_arithmetic(arrays[0], arrays[1:], out, spec, topk)
         if bad:
             raise NonFiniteInput(None if bad == 1 else bad - 2)
-        return as_torch(out, ctx.base.shape, out_dtype)
+        return as_torch(out, ctx.base.shape, out_dtype, ctx.out_buffer)
 
 
 def _family(
