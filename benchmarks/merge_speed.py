@@ -8,6 +8,7 @@ difference between the two outputs for the deterministic methods.
 
     python benchmarks/merge_speed.py --size tiny                       # smoke run, seconds
     python benchmarks/merge_speed.py --mergekit-cmd /opt/mergekit-venv/bin/mergekit-yaml
+    python benchmarks/merge_speed.py --device cuda --mergekit-cmd mergekit-yaml   # on a GPU: both tools on it
 
 Also measured: the in-memory re-merge latency (slider -> new weights in the preview model) on
 the demo family (``assets/demo``; the small synthetic family when it is absent), and the full
@@ -61,6 +62,19 @@ def warm_page_cache(family: dict[str, Path]) -> float:
     return time.perf_counter() - start
 
 
+def warm_tools(mergekit_cmd: str | None, env: dict[str, str]) -> float:
+    """Start each tool once untimed, so that its libraries (torch alone is ~0.5 GB of shared
+    objects) are in the page cache too; idle memory reclaim can evict them between runs, and
+    then the first timed run pays for reading them from disk."""
+    start = time.perf_counter()
+    cmds = [[sys.executable, "-c", "import numba, torch, fusion_ui.export, fusion_ui.kernels.cpu"]]
+    if mergekit_cmd:
+        cmds.append([mergekit_cmd, "--help"])
+    for cmd in cmds:
+        subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - start
+
+
 def recipe_for(method: str, family: dict[str, Path]) -> dict:
     per_model, params = METHODS[method]
     fts = [k for k in family if k != "base"]
@@ -95,7 +109,7 @@ def max_abs_diff(a: Path, b: Path) -> float:
     return worst
 
 
-def remerge_latency(repeats: int = 5) -> tuple[str, float]:
+def remerge_latency(device: str, repeats: int = 5) -> tuple[str, float]:
     """Median seconds of an in-memory DARE-TIES re-merge into a loaded preview model.
 
     On the demo family (assets/demo) when it is there, else on the small synthetic family
@@ -123,19 +137,19 @@ def remerge_latency(repeats: int = 5) -> tuple[str, float]:
         })
         start = time.perf_counter()
         with plan_merge(recipe) as plan:
-            run_merge(plan, ModelSink(model), device="cpu")
+            run_merge(plan, ModelSink(model), device=device)
         times.append(time.perf_counter() - start)
     return label, sorted(times)[len(times) // 2]
 
 
-def delta_report_seconds(family: dict[str, Path]) -> float:
+def delta_report_seconds(family: dict[str, Path], device: str) -> float:
     """Best of two full delta reports for base + first fine-tune (the delta-analysis target: < 5 s)."""
     from fusion_ui.deltas import analyze_deltas
 
     times = []
     for _ in range(2):
         start = time.perf_counter()
-        analyze_deltas(family["base"], [family["ft0"]], device="cpu", cache=False)
+        analyze_deltas(family["base"], [family["ft0"]], device=device, cache=False)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -146,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=ROOT / "bench-data" / "merge-speed")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset")
     parser.add_argument("--mergekit-cmd", help="path to mergekit-yaml (installed in its own venv)")
+    parser.add_argument(
+        "--device", default="cpu",
+        help="cpu (default), or cuda: both tools merge on the GPU (mergekit with --cuda)",
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -162,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"page cache warmed in {warm_page_cache(family):.1f} s")
     env = os.environ | {"OMP_NUM_THREADS": str(args.threads), "NUMBA_NUM_THREADS": str(args.threads),
                         "MKL_NUM_THREADS": str(args.threads)}
+    print(f"tools started once in {warm_tools(args.mergekit_cmd, env):.1f} s")
     out_root = data / "outputs"
     out_root.mkdir(exist_ok=True)
     merged_root = args.out_dir if args.out_dir is not None else out_root
@@ -174,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_out = merged_root / f"{method}-fusion_ui"
         shutil.rmtree(ours_out, ignore_errors=True)
         wall, rss = timed([sys.executable, "-m", "fusion_ui.cli", "merge", str(ours_yaml), "--out",
-                           str(ours_out), "--device", "cpu", "--no-mergekit"], env)
+                           str(ours_out), "--device", args.device, "--no-mergekit"], env)
         row = {"method": method, "fusion_ui_s": wall, "fusion_ui_rss_gb": rss}
         if args.mergekit_cmd:
             mk_text, _ = recipe_to_mergekit(recipe_from_dict(recipe))
@@ -183,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             mk_yaml.write_text(mk_text)
             mk_out = merged_root / f"{method}-mergekit"
             shutil.rmtree(mk_out, ignore_errors=True)
-            mk_wall, mk_rss = timed([args.mergekit_cmd, str(mk_yaml), str(mk_out)], env)
+            gpu_flag = ["--cuda"] if args.device.startswith("cuda") else []
+            mk_wall, mk_rss = timed([args.mergekit_cmd, str(mk_yaml), str(mk_out), *gpu_flag], env)
             row |= {"mergekit_s": mk_wall, "mergekit_rss_gb": mk_rss, "speedup": mk_wall / wall}
             if method in DETERMINISTIC:
                 row["max_abs_diff"] = max_abs_diff(ours_out, mk_out)
@@ -192,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row))
 
-    latency_on, latency = remerge_latency()
-    delta_s = delta_report_seconds(family)
+    latency_on, latency = remerge_latency(args.device)
+    delta_s = delta_report_seconds(family, args.device)
     print()
     print(f"{'method':16s} {'fusion_ui':>10s} {'RSS':>7s} {'mergekit':>10s} {'RSS':>7s} {'speedup':>8s} {'max|Δ|':>9s}")
     for r in rows:
@@ -202,10 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['method']:16s} {r['fusion_ui_s']:9.1f}s {r['fusion_ui_rss_gb']:6.2f}G {mk} {diff}")
     print(f"in-memory re-merge, {latency_on} (DARE-TIES into the preview model): {latency * 1000:.0f} ms (target < 500 ms)")
     print(f"delta report, base + 1 fine-tune ({args.size}): {delta_s:.2f} s (target < 5 s for the 0.9B pair)")
-    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores")
+    gpu = f", on {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
+    print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} cores{gpu}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "remerge_s": latency, "remerge_on": latency_on,
-                                         "delta_report_s": delta_s,
+                                         "delta_report_s": delta_s, "device": args.device,
                                          "size": args.size}, indent=2))
     return 0
 
