@@ -296,9 +296,11 @@ def read_inputs(
 ) -> Inputs:
     """One job's input tensors; with ``fan_out``, its checkpoints are read in parallel."""
     rows = job.shape[0] if job.shape else None
-    ckpts = [plan.reference] if not job.merged else [
-        *([plan.base] if plan.base is not None and _reads_base(plan.method) else []), *plan.models
-    ]
+    with_base = job.merged and plan.base is not None and _reads_base(plan.method)
+    if not job.merged:
+        ckpts = [plan.reference]
+    else:
+        ckpts = [plan.base, *plan.models] if with_base else list(plan.models)
     buffers = [
         pool.take(c.tensors[job.name].nbytes) if pool is not None and c.format == "safetensors" else None
         for c in ckpts
@@ -314,8 +316,7 @@ def read_inputs(
     taken = [b for b in buffers if b is not None]
     if not job.merged:
         return Inputs(base=tensors[0], models=[], buffers=taken)
-    has_base = len(tensors) > len(plan.models)
-    return Inputs(base=tensors[0] if has_base else None, models=tensors[has_base:], buffers=taken)
+    return Inputs(base=tensors[0] if with_base else None, models=tensors[with_base:], buffers=taken)
 
 
 def compute_tensor(
@@ -360,17 +361,17 @@ def compute_tensor(
                 out_pool.give_back_storage(buffer)  # the result is elsewhere, or there is none
         if fused is not None:
             return fused
-    ckpts = ([plan.base] if inputs.base is not None else []) + list(plan.models)
-    on_device = [_to_compute(t, device) for t in ([inputs.base] if inputs.base is not None else []) + inputs.models]
+    with_base = inputs.base is not None
+    ckpts = [plan.base, *plan.models] if with_base else list(plan.models)
+    raw = [inputs.base, *inputs.models] if with_base else inputs.models
+    on_device = [_to_compute(t, device) for t in raw]
     _check_all_finite(on_device, ckpts, job.name)
-    if inputs.base is not None:
-        ctx.base, ctx.models = on_device[0], on_device[1:]
-    else:
-        ctx.models = on_device
+    ctx.base = on_device[0] if with_base else None
+    ctx.models = on_device[with_base:]
     out = plan.method.merge(ctx).to(dtype=job.dtype)
     if out_pool is None or device.type != "cuda":
         return out.cpu()
-    nbytes = out.numel() * out.element_size()
+    nbytes = job.spec.nbytes
     host = out_pool.take(nbytes)[:nbytes].view(out.dtype).view(out.shape)
     host.copy_(out, non_blocking=host.is_pinned())
     torch.cuda.current_stream(device).synchronize()
