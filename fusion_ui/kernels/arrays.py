@@ -34,10 +34,9 @@ def as_torch(
     out: np.ndarray, shape: torch.Size | tuple[int, ...], out_dtype: torch.dtype,
     buffer: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The kernel's result as a tensor of ``out_dtype``; a view of ``buffer`` if it was written there."""
-    if buffer is not None and out.nbytes and out.ctypes.data == buffer.data_ptr():
-        t = buffer[: out.nbytes].view(torch.bfloat16 if out.dtype == np.uint16 else torch.float32)
-        return t.view(shape).to(out_dtype)  # a view sharing the buffer's storage, unless float16
-    t = torch.from_numpy(out)
-    t = t.view(torch.bfloat16) if out.dtype == np.uint16 else t
+    """The kernel's result as a tensor of ``out_dtype``; a view sharing ``buffer``'s storage if it
+    was written there (unless converted to float16)."""
+    in_buffer = buffer is not None and out.nbytes > 0 and out.ctypes.data == buffer.data_ptr()
+    t = buffer[: out.nbytes] if in_buffer else torch.from_numpy(out)
+    t = t.view(torch.bfloat16 if out.dtype == np.uint16 else torch.float32)
     return t.view(shape).to(out_dtype)
