@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from fusion_ui.errors import RecipeError
@@ -24,23 +22,3 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise RecipeError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use cpu or auto")
     return dev
 
-
-def warm_up_in_background(device: torch.device) -> threading.Thread | None:
-    """On a GPU, create the CUDA context on a daemon thread while the merge is being planned.
-
-    The first CUDA call of a process takes about a second; started before planning, it overlaps
-    with opening and checking the models instead of delaying the first tensor.
-    """
-    if device.type != "cuda":
-        return None
-    thread = threading.Thread(target=_init_cuda, args=(device,), name="fusion-ui-cuda-init", daemon=True)
-    thread.start()
-    return thread
-
-
-def _init_cuda(device: torch.device) -> None:
-    try:
-        torch.empty(1, device=device)
-        torch.empty(1, pin_memory=True)
-    except Exception:  # noqa: BLE001 - only an optimisation; the merge itself reports any error
-        pass

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fusion_ui.card import model_card
-from fusion_ui.device import resolve_device, warm_up_in_background
+from fusion_ui.device import resolve_device
 from fusion_ui.errors import ExportError, ModelSourceError
 from fusion_ui.io.checkpoint import TOKENIZER_FILES, Checkpoint
 from fusion_ui.io.writer import ShardedSafetensorsSink, parse_size
@@ -63,7 +63,6 @@ def export_merge(
         raise ExportError(f"{target} exists and is not a folder")
     start = time.perf_counter()
     dev = resolve_device(device)  # a device that is not there fails here, before any work
-    warm_up_in_background(dev)
     with plan_merge(recipe, allow_large_deltas=allow_large_deltas) as plan:
         # The written recipe names the dtype actually used, so it reproduces this export exactly.
         plan.recipe = plan.recipe.model_copy(update={"dtype": str(plan.out_dtype).removeprefix("torch.")})
