@@ -11,13 +11,41 @@
 
 Every class derives from ``FusionError`` so callers (CLI, UI) can catch one type
 and show its message; unexpected exceptions are bugs and keep their tracebacks.
+
+Where the fix is a switch that each front end spells differently (``--force`` on the command
+line, a "replace" checkbox in the app, ``force=True`` in Python), the error carries one fix per
+front end and each front end asks for its own: ``exc.message_for("app")``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Literal
+
+Frontend = Literal["cli", "app", "python"]
+
 
 class FusionError(Exception):
-    """Base class of every error fusion_ui raises deliberately."""
+    """Base class of every error fusion_ui raises deliberately.
+
+    ``fixes`` maps a front end to the sentence that names the fix there; ``str(exc)`` is the
+    message with the Python fix (or the command line's, when there is no Python one).
+    """
+
+    def __init__(self, message: str = "", *, fixes: Mapping[Frontend, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fixes: dict[str, str] = dict(fixes or {})
+
+    def message_for(self, frontend: Frontend) -> str:
+        """The message as ``frontend`` should show it: with that front end's fix, if any."""
+        fix = self.fixes.get(frontend)
+        if fix is None and frontend == "python":
+            fix = self.fixes.get("cli")
+        return f"{self.message}; {fix}" if fix else self.message
+
+    def __str__(self) -> str:
+        return self.message_for("python")
 
 
 class ModelSourceError(FusionError):
