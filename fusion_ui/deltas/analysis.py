@@ -7,6 +7,10 @@ patterns (see :mod:`fusion_ui.deltas.stats`). Tensors are visited layer by layer
 histograms are folded into table rows as soon as a layer is done and memory stays flat. The
 next tensor is read in a background thread while the current one is counted, and every
 tensor is split between two worker threads ("lanes") on CPU.
+
+Non-finite deltas (inf/NaN: a damaged checkpoint) are counted per tensor and per fine-tune and
+make the verdict "broken"; every statistic (shares, quantiles, max, norms, cosine) is taken over
+the finite deltas, so one NaN neither poisons the numbers nor hides in them.
 """
 
 from __future__ import annotations
@@ -160,20 +164,24 @@ class _Acc:
     counts: torch.Tensor = field(default_factory=lambda: torch.zeros(HIST_BINS, dtype=torch.int64))
     base_sumsq: float = 0.0
     tensors: int = 0
+    base_nonfinite: int = 0  # inf/NaN weights of the base in these tensors
 
-    def add(self, counts: torch.Tensor, base_sumsq: float) -> None:
+    def add(self, counts: torch.Tensor, base_sumsq: float, base_nonfinite: int = 0) -> None:
         self.counts += counts
         self.base_sumsq += base_sumsq
+        self.base_nonfinite += base_nonfinite
         self.tensors += 1
 
 
 @dataclass
 class _TensorResult:
     counts: dict[int, torch.Tensor]  # member -> (32768,) int64 CPU
-    base_sumsq: float
-    dots: dict[tuple[int, int], float]  # (i, j), i < j -> Σ δi·δj
-    conflicts: dict[tuple[int, int], int]  # (i, j) -> elements with δi·δj < 0
+    base_sumsq: float  # over the base's finite weights
+    dots: dict[tuple[int, int], float]  # (i, j), i < j -> Σ δi·δj over elements finite in both
+    conflicts: dict[tuple[int, int], int]  # (i, j) -> elements with δi·δj < 0 (both finite)
     conflict_all: int  # elements where the members' non-zero deltas disagree in sign
+    base_nonfinite: int = 0  # inf/NaN weights of the base
+    pair_nonfinite: dict[tuple[int, int], int] = field(default_factory=dict)  # left out of dots
 
 
 class _Analysis:
@@ -200,7 +208,8 @@ class _Analysis:
         self.kind_acc: dict[tuple[int, str], _Acc] = {}
         self.layer_acc: dict[tuple[int, int], _Acc] = {}
         self.group_acc: dict[tuple[int, int, str], _Acc] = {}
-        self.pair_acc: dict[tuple[int, int, int], list[float]] = {}  # dot, ssi, ssj, conflicts, n
+        # (i, j, layer) -> [dot, ssi, ssj, conflicts, numel, elements left out as inf/NaN]
+        self.pair_acc: dict[tuple[int, int, int], list[float]] = {}
         self.conflict_all_acc: dict[int, list[int]] = {}  # layer -> [conflicts, numel]
         # rows
         self.tensor_rows: list[dict] = []
@@ -270,8 +279,10 @@ class _Analysis:
             for key in first.dots:
                 first.dots[key] += part.dots[key]
                 first.conflicts[key] += part.conflicts[key]
+                first.pair_nonfinite[key] += part.pair_nonfinite[key]
             first.conflict_all += part.conflict_all
             first.base_sumsq += part.base_sumsq
+            first.base_nonfinite += part.base_nonfinite
         first.counts = {i: c.cpu() for i, c in first.counts.items()}
         return first
 
@@ -287,19 +298,31 @@ class _Analysis:
         dev = self.device
         counts = {i: torch.zeros(HIST_BINS, dtype=torch.int64, device=dev) for i in members}
         pairs = [(a, b) for ai, a in enumerate(members) for b in members[ai + 1 :]]
-        res = _TensorResult(counts, 0.0, dict.fromkeys(pairs, 0.0), dict.fromkeys(pairs, 0), 0)
+        res = _TensorResult(
+            counts, 0.0, dict.fromkeys(pairs, 0.0), dict.fromkeys(pairs, 0), 0,
+            pair_nonfinite=dict.fromkeys(pairs, 0),
+        )
         for s, e in pieces:
             b = base[s:e].to(dev)  # (c,)
             deltas = {
                 i: abs_delta_(fts[i][s:e].to(dev), b, self._buffer(lane, i, e - s)) for i in members
             }  # i -> (c,) signed δ in the histogram dtype
-            res.base_sumsq += _sumsq(b)
+            sumsq, bad = _finite_sumsq(b)
+            res.base_sumsq += sumsq
+            res.base_nonfinite += bad
             if pairs:
                 f32 = {i: d.float() for i, d in deltas.items()}  # (c,) exact copies
                 for a, c in pairs:
                     prod = f32[a] * f32[c]
-                    res.dots[(a, c)] += float(prod.sum(dtype=torch.float64))
-                    res.conflicts[(a, c)] += int((prod < 0).sum())
+                    dot = float(prod.sum(dtype=torch.float64))
+                    if math.isfinite(dot):  # no inf/NaN delta (nor overflow) in the chunk
+                        res.dots[(a, c)] += dot
+                        res.conflicts[(a, c)] += int((prod < 0).sum())
+                    else:
+                        dot, conflicts, left_out = _finite_dot(f32[a], f32[c])
+                        res.dots[(a, c)] += dot
+                        res.conflicts[(a, c)] += conflicts
+                        res.pair_nonfinite[(a, c)] += left_out
                 pos = torch.zeros(e - s, dtype=torch.bool, device=dev)
                 neg = torch.zeros_like(pos)
                 for d in f32.values():
@@ -350,14 +373,15 @@ class _Analysis:
                 self.layer_acc.setdefault((i, item.layer), _Acc()),
                 self.group_acc.setdefault((i, item.layer, item.kind), _Acc()),
             ):
-                acc.add(counts, res.base_sumsq)
+                acc.add(counts, res.base_sumsq, res.base_nonfinite)
         for (a, c), dot in res.dots.items():
-            acc = self.pair_acc.setdefault((a, c, item.layer), [0.0, 0.0, 0.0, 0, 0])
+            acc = self.pair_acc.setdefault((a, c, item.layer), [0.0, 0.0, 0.0, 0, 0, 0])
             acc[0] += dot
             acc[1] += sumsq[a]
             acc[2] += sumsq[c]
             acc[3] += res.conflicts[(a, c)]
             acc[4] += info.numel
+            acc[5] += res.pair_nonfinite[(a, c)]
             self.pair_tensor_rows.append(
                 {
                     "model_a": self.labels[a],
@@ -367,6 +391,7 @@ class _Analysis:
                     "kind": item.kind,
                     "cosine": cosine(dot, sumsq[a], sumsq[c]),
                     "sign_conflict": res.conflicts[(a, c)] / info.numel if info.numel else math.nan,
+                    "nonfinite": res.pair_nonfinite[(a, c)],
                 }
             )
         if len(item.members) >= 2:
@@ -457,7 +482,8 @@ class _Analysis:
             pairs_by_layer=pairs_by_layer,
             pairs_by_tensor=_frame(
                 self.pair_tensor_rows,
-                ["model_a", "model_b", "tensor", "layer", "kind", "cosine", "sign_conflict"],
+                ["model_a", "model_b", "tensor", "layer", "kind", "cosine", "sign_conflict",
+                 "nonfinite"],
             ),
             conflict_all_by_layer=conflict_all,
             skipped=_frame(self.skipped, ["model", "tensor", "reason"]),
@@ -469,15 +495,15 @@ class _Analysis:
         stats = self.codec.summarize(acc.counts)
         norm_base = math.sqrt(acc.base_sumsq)
         rel = _ratio(stats.norm, norm_base)
-        v = _verdict_of(stats, rel)
+        v = _verdict_of(stats, rel, where=self._nonfinite_where(i))
         reason = v.reason
-        if v.verdict != "safe" and rel < 0.5:
+        if v.verdict == "broken" and acc.base_nonfinite:
+            reason += f"; the base itself has {acc.base_nonfinite:,} inf/NaN weight(s)"
+        elif v.verdict != "safe" and rel < 0.5:
             reason += _where(kinds[kinds["model"] == self.labels[i]])
         skipped = sum(1 for r in self.skipped if r["model"] == self.labels[i])
         if skipped:
             reason += f". {skipped} tensor(s) not compared (see skipped)"
-        if stats.nonfinite:
-            reason += f". {stats.nonfinite} delta(s) are inf/NaN: the checkpoint is damaged"
         return {
             "model": self.labels[i],
             "ref": str(self.fts[i].ref),
@@ -490,9 +516,14 @@ class _Analysis:
             "reason": reason,
         }
 
+    def _nonfinite_where(self, i: int) -> str:
+        """" in N tensor(s), first NAME" for fine-tune ``i``'s inf/NaN deltas (analysis order)."""
+        bad = [r["tensor"] for r in self.tensor_rows if r["model"] == self.labels[i] and r["nonfinite"]]
+        return f" in {len(bad)} tensor(s), first {bad[0]}" if bad else ""
+
     def _pair_tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         by_layer, whole = [], {}
-        for (a, c, layer), (dot, ssa, ssc, conf, n) in sorted(self.pair_acc.items()):
+        for (a, c, layer), (dot, ssa, ssc, conf, n, bad) in sorted(self.pair_acc.items()):
             by_layer.append(
                 {
                     "model_a": self.labels[a],
@@ -501,12 +532,14 @@ class _Analysis:
                     "cosine": cosine(dot, ssa, ssc),
                     "sign_conflict": conf / n if n else math.nan,
                     "numel": int(n),
+                    "nonfinite": int(bad),
                 }
             )
-            w = whole.setdefault((a, c), [0.0, 0.0, 0.0, 0, 0])
-            for k, v in enumerate((dot, ssa, ssc, conf, n)):
+            w = whole.setdefault((a, c), [0.0, 0.0, 0.0, 0, 0, 0])
+            for k, v in enumerate((dot, ssa, ssc, conf, n, bad)):
                 w[k] += v
-        cols = ["model_a", "model_b", "cosine", "sign_conflict", "numel"]
+        # nonfinite: elements left out of the cosine because either delta is inf/NaN
+        cols = ["model_a", "model_b", "cosine", "sign_conflict", "numel", "nonfinite"]
         pairs = [
             {
                 "model_a": self.labels[a],
@@ -514,8 +547,9 @@ class _Analysis:
                 "cosine": cosine(dot, ssa, ssc),
                 "sign_conflict": conf / n if n else math.nan,
                 "numel": int(n),
+                "nonfinite": int(bad),
             }
-            for (a, c), (dot, ssa, ssc, conf, n) in sorted(whole.items())
+            for (a, c), (dot, ssa, ssc, conf, n, bad) in sorted(whole.items())
         ]
         return _frame(pairs, cols), _frame(by_layer, cols[:2] + ["layer"] + cols[2:])
 
@@ -584,17 +618,36 @@ def _sumsq(x: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(x, dtype=torch.float32)) ** 2
 
 
+def _finite_sumsq(x: torch.Tensor) -> tuple[float, int]:
+    """(Σ x² over the finite elements, number of inf/NaN elements); one pass when all finite."""
+    sumsq = _sumsq(x)
+    if math.isfinite(sumsq):
+        return sumsq, 0
+    ok = torch.isfinite(x)
+    return float(torch.linalg.vector_norm(x[ok], dtype=torch.float64)) ** 2, int((~ok).sum())
+
+
+def _finite_dot(a: torch.Tensor, b: torch.Tensor) -> tuple[float, int, int]:
+    """(Σ a·b, elements with a·b < 0, elements left out) over the elements where a and b are
+    both finite, in float64: the slow path once a chunk's float32 dot product is not finite."""
+    ok = torch.isfinite(a) & torch.isfinite(b)  # (c,)
+    prod = a[ok].double() * b[ok].double()
+    return float(prod.sum()), int((prod < 0).sum()), int((~ok).sum())
+
+
 def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else (0.0 if a == 0 else math.inf)
 
 
-def _verdict_of(stats: DeltaStats, rel_norm: float) -> DareVerdict:
+def _verdict_of(stats: DeltaStats, rel_norm: float, *, where: str = "") -> DareVerdict:
     shares = dict(zip(THRESHOLDS, stats.shares, strict=True))
     return dare_verdict(
         shares[0.005],
         shares[0.01],
         rel_norm,
         zeros_share=stats.zeros / stats.numel if stats.numel else 1.0,
+        nonfinite=stats.nonfinite,
+        where=where,
     )
 
 

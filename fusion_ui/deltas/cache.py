@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-ANALYSIS_VERSION = 1  # bump when the statistics or the tables change
+ANALYSIS_VERSION = 2  # bump when the statistics or the tables change (2: inf/NaN -> "broken")
 
 
 def default_cache_dir() -> Path:

@@ -41,7 +41,10 @@ class DarePreview:
     seed: int
     model_index: int
     rescale: str
-    hist: pd.DataFrame  # stage ("before"/"after"), bin, lo, hi, label, count, share
+    # stage ("before"/"after"), bin, lo, hi, label, count, share (of all elements) and
+    # share_nonzero (of that stage's non-zero elements: the kept ones after the drop; NaN for
+    # the zero bin), so the few kept deltas at p = 0.99 get a curve of their own scale
+    hist: pd.DataFrame
     numel: int
     nonzero_before: int
     nonzero_after: int
@@ -51,6 +54,7 @@ class DarePreview:
     shares_before: tuple[float, ...]  # share of the non-zero deltas with |δ| > each threshold
     shares_after: tuple[float, ...]  # share of the surviving deltas with |δ̂| > each threshold:
     #                                  what the merge adds; rescaling by 1/(1-p) inflates |δ|
+    nonfinite: int = 0  # inf/NaN deltas (a damaged checkpoint): left out of every number above
 
     @property
     def share_kept(self) -> float:
@@ -102,11 +106,12 @@ def dare_preview(
             delta = theta - base_ck.tensor(name).to(dev, torch.float32)  # (*shape,) as a merge
             dropped = dare(delta, drop_rate, (seed, name, model_index), rescale=rescale)
             # Counted like the report: |δ| rounded to bf16 (≤0.2% relative), every bit pattern.
-            before += bits_histogram(delta.abs().to(torch.bfloat16).reshape(-1)).cpu()
-            after += bits_histogram(dropped.abs().to(torch.bfloat16).reshape(-1)).cpu()
-            err_sq += float(torch.linalg.vector_norm(dropped.sub_(delta))) ** 2
-            delta_sq += float(torch.linalg.vector_norm(delta)) ** 2
-            weights_sq += float(torch.linalg.vector_norm(theta)) ** 2
+            # Rounded first, abs after: float32 NaN becomes a bf16 NaN with the sign bit set.
+            before += bits_histogram(delta.to(torch.bfloat16).abs_().reshape(-1)).cpu()
+            after += bits_histogram(dropped.to(torch.bfloat16).abs_().reshape(-1)).cpu()
+            err_sq += _finite_sumsq(dropped.sub_(delta))
+            delta_sq += _finite_sumsq(delta)
+            weights_sq += _finite_sumsq(theta)
     _, keep = quantized_keep(drop_rate)
     sb, sa = codec.summarize(before), codec.summarize(after)
     nz_before, nz_after = sb.numel - sb.zeros - sb.nonfinite, sa.numel - sa.zeros - sa.nonfinite
@@ -127,7 +132,16 @@ def dare_preview(
         rel_change_weights=math.sqrt(err_sq / weights_sq) if weights_sq > 0 else 0.0,
         shares_before=_nonzero_shares(sb, nz_before),
         shares_after=_nonzero_shares(sa, nz_after),
+        nonfinite=sb.nonfinite,
     )
+
+
+def _finite_sumsq(x: torch.Tensor) -> float:
+    """Σ x² over the finite elements: an inf/NaN delta must not turn every error into NaN."""
+    sumsq = float(torch.linalg.vector_norm(x)) ** 2
+    if math.isfinite(sumsq):
+        return sumsq
+    return float(torch.linalg.vector_norm(x[torch.isfinite(x)], dtype=torch.float64)) ** 2
 
 
 def _nonzero_shares(stats: DeltaStats, nonzero: int) -> tuple[float, ...]:
@@ -141,6 +155,9 @@ def _hist_frame(before: np.ndarray, after: np.ndarray) -> pd.DataFrame:
     frames = []
     for stage, counts in (("before", before), ("after", after)):
         total = counts.sum()
+        nonzero = total - counts[0]
+        share_nonzero = counts / nonzero if nonzero else np.full(len(counts), np.nan)
+        share_nonzero = np.where(np.arange(len(counts)) == 0, np.nan, share_nonzero)
         frames.append(
             pd.DataFrame(
                 {
@@ -151,6 +168,7 @@ def _hist_frame(before: np.ndarray, after: np.ndarray) -> pd.DataFrame:
                     "label": labels,
                     "count": counts,
                     "share": counts / total if total else np.nan,
+                    "share_nonzero": share_nonzero,
                 }
             )
         )

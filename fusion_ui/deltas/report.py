@@ -18,10 +18,15 @@ import numpy as np
 import pandas as pd
 
 from fusion_ui.deltas.stats import THRESHOLDS, share_column
+from fusion_ui.deltas.verdict import VERDICTS
 from fusion_ui.errors import FusionError
 
 FORMAT_VERSION = 1
 OUTSIDE_BLOCKS = -1  # the `layer` of embeddings, final norm and lm_head
+
+# Wrappers in front of the interesting part of a tensor name, dropped for display.
+_NAME_PREFIXES = ("base_model.model.", "model.", "transformer.", "gpt_neox.", "language_model.")
+RISK_COLUMNS = ("verdict", "name", "shape", "median |δ|", "max |δ|", "|δ| > 0.005", "|δ| > 0.01")
 
 
 def hist_columns(n: int) -> list[str]:
@@ -124,6 +129,42 @@ class DeltaReport:
         t = self.tensors[self.tensors["model"] == model]
         return t.sort_values([by, "numel"], ascending=False).head(n).reset_index(drop=True)
 
+    def risk_table(self, model: str, n: int = 15) -> pd.DataFrame:
+        """The ``n`` tensors of one fine-tune where DARE is most at risk, formatted for display.
+
+        Ordered by verdict (broken first), then share of |δ| above 0.005, then size. Columns:
+        verdict, name (short: ``layers.3.mlp.down_proj``), shape, median |δ|, max |δ| (3
+        significant digits), |δ| > 0.005, |δ| > 0.01 (percent of the tensor's finite deltas),
+        ``inf/NaN`` (only when some are), and last ``tensor``: the full name, for drill-down.
+        Every cell is a string, so a table widget shows it as it is.
+        """
+        if model not in self.models:
+            raise KeyError(f"no fine-tune labelled {model!r}; have {list(self.models)}")
+        t = self.tensors[self.tensors["model"] == model]
+        severity = t["verdict"].map({v: k for k, v in enumerate(VERDICTS)}).fillna(len(VERDICTS))
+        t = (
+            t.assign(_severity=severity)
+            .sort_values(["_severity", share_column(0.005), "numel"], ascending=False)
+            .head(n)
+            .reset_index(drop=True)
+        )
+        out = pd.DataFrame(
+            {
+                "verdict": t["verdict"].astype(str),
+                "name": short_tensor_names(t["tensor"].tolist()),
+                "shape": t["shape"].astype(str),
+                "median |δ|": t["median_abs"].map(_sig3),
+                "max |δ|": t["max_abs"].map(_sig3),
+                "|δ| > 0.005": t[share_column(0.005)].map(_percent),
+                "|δ| > 0.01": t[share_column(0.01)].map(_percent),
+            },
+            columns=list(RISK_COLUMNS),
+        )
+        if "nonfinite" in t.columns and (t["nonfinite"] > 0).any():
+            out["inf/NaN"] = t["nonfinite"].map(lambda v: f"{int(v):,}")
+        out["tensor"] = t["tensor"].astype(str)
+        return out
+
     # -- disk ----------------------------------------------------------------------------------
 
     def to_disk(self, path: str | os.PathLike[str]) -> Path:
@@ -169,6 +210,43 @@ class DeltaReport:
             else:
                 kwargs[f.name] = _frame_from_json(value)
         return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def short_tensor_names(names: list[str]) -> list[str]:
+    """Display names: wrapper prefixes (``model.``, ``transformer.``…) and ``.weight`` dropped
+    (``model.layers.3.mlp.down_proj.weight`` -> ``layers.3.mlp.down_proj``); a name that would
+    then clash with another of ``names`` stays in full."""
+    short = []
+    for name in names:
+        s = name.removesuffix(".weight")
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in _NAME_PREFIXES:
+                if s.startswith(prefix) and len(s) > len(prefix):
+                    s, stripped = s[len(prefix) :], True
+        short.append(s)
+    counts = pd.Series(short).value_counts()
+    return [full if counts[s] > 1 else s for s, full in zip(short, names, strict=True)]
+
+
+def _sig3(v: object) -> str:
+    """A |δ| value in 3 significant digits ("" for missing)."""
+    if _is_missing(v):
+        return ""
+    return f"{float(v):.3g}"  # type: ignore[arg-type]
+
+
+def _percent(v: object) -> str:
+    """A share as a percentage with 3 significant digits; tiny non-zero shares as "<0.01%"."""
+    if _is_missing(v):
+        return ""
+    x = 100 * float(v)  # type: ignore[arg-type]
+    if x == 0:
+        return "0%"
+    if x < 0.01:
+        return "<0.01%"
+    return f"{x:.3g}%"
 
 
 def _frame_to_json(frame: pd.DataFrame) -> dict[str, object]:

@@ -146,7 +146,11 @@ def bits_histogram(abs_delta: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class DeltaStats:
-    """Statistics of |δ| over one tensor or a group of tensors."""
+    """Statistics of |δ| over one tensor or a group of tensors.
+
+    Every value is over the finite deltas; ``nonfinite`` counts the others, which make the
+    verdict "broken" (so a NaN can neither poison these numbers nor go unnoticed).
+    """
 
     numel: int  # all elements, non-finite included
     zeros: int  # elements with δ exactly 0

@@ -8,6 +8,8 @@ by 1/(1-p) multiplies every surviving delta by 10 at p = 0.9, so large deltas be
 
 The rules below turn that into a verdict from the shares of |δ| above the paper's thresholds
 and from ‖δ‖/‖θ0‖, the tell-tale of a wrong base (unrelated weights give a ratio near 1 or more).
+Before any of that: a delta that is inf or NaN makes the checkpoint unusable for any merge, so
+it is "broken" however small the finite deltas are (its statistics cover the finite ones only).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Verdict = Literal["safe", "caution", "likely to fail"]
-VERDICTS: tuple[Verdict, ...] = ("safe", "caution", "likely to fail")
+Verdict = Literal["safe", "caution", "likely to fail", "broken"]
+VERDICTS: tuple[Verdict, ...] = ("safe", "caution", "likely to fail", "broken")  # mild to severe
 
 # likely to fail: at least this share of |δ| above 0.01 (the paper's failure range) ...
 FAIL_SHARE_ABOVE_001 = 0.10
@@ -30,6 +32,7 @@ CAUTION_SHARE_ABOVE_001 = 0.01
 CAUTION_REL_NORM = 0.2
 
 RULES_TEXT = (
+    "broken: any delta is inf or NaN (a damaged or overflowed checkpoint: nothing can merge it); "
     f"likely to fail: more than {FAIL_SHARE_ABOVE_001:.0%} of |δ| above 0.01, or "
     f"‖δ‖/‖θ0‖ ≥ {WRONG_BASE_REL_NORM:g} (wrong base or unrelated models); "
     f"caution: more than {CAUTION_SHARE_ABOVE_0005:.0%} of |δ| above 0.005, more than "
@@ -46,9 +49,27 @@ class DareVerdict:
 
 
 def dare_verdict(
-    share_above_0005: float, share_above_001: float, rel_norm: float, *, zeros_share: float = 0.0
+    share_above_0005: float,
+    share_above_001: float,
+    rel_norm: float,
+    *,
+    zeros_share: float = 0.0,
+    nonfinite: int = 0,
+    where: str = "",
 ) -> DareVerdict:
-    """Verdict for one fine-tune (or one tensor) from its |δ| shares and ‖δ‖/‖θ0‖."""
+    """Verdict for one fine-tune (or one tensor) from its |δ| shares and ‖δ‖/‖θ0‖.
+
+    ``nonfinite``: how many deltas are inf/NaN (the shares cover the finite ones only, so
+    without this a damaged checkpoint would look safe); ``where`` names them in the reason,
+    e.g. ``" in 2 tensors, first model.layers.3.mlp.down_proj.weight"``.
+    """
+    if nonfinite > 0:
+        return DareVerdict(
+            "broken",
+            f"{nonfinite:,} delta(s) are inf or NaN{where}: the fine-tune (or the base) holds "
+            "non-finite weights, so any merge with it is NaN there; re-download or re-export it "
+            "(the statistics cover only the finite deltas)",
+        )
     if zeros_share >= 1.0:
         return DareVerdict("safe", "identical to the base: every delta is 0, nothing to merge")
     if rel_norm >= WRONG_BASE_REL_NORM:

@@ -1,24 +1,32 @@
 """Plotly figures of engine results: pure functions (report → figure), no UI code.
 
-Shared by the browser app and the CLI's self-contained HTML reports.
+Shared by the browser app and the CLI's self-contained HTML reports. One palette
+(:data:`OKABE_ITO`) and one title layout (:mod:`fusion_ui.figures.style`) for all of them.
 """
 
 from fusion_ui.figures.deltas import (
-    OKABE_ITO,
     dare_preview_histogram,
     delta_histogram,
+    fit_log_range,
     layer_module_heatmap,
     pairwise_by_layer_heatmap,
     pairwise_heatmap,
 )
 from fusion_ui.figures.html_report import write_html_report
+from fusion_ui.figures.scores import score_chart
+from fusion_ui.figures.style import HEATMAP_SCALE, OKABE_ITO, figure_subtitle, figure_title
 
 __all__ = [
+    "HEATMAP_SCALE",
     "OKABE_ITO",
     "dare_preview_histogram",
     "delta_histogram",
+    "figure_subtitle",
+    "figure_title",
+    "fit_log_range",
     "layer_module_heatmap",
     "pairwise_by_layer_heatmap",
     "pairwise_heatmap",
+    "score_chart",
     "write_html_report",
 ]

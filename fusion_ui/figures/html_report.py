@@ -40,6 +40,7 @@ th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
 .verdict-safe { color: #0072B2; font-weight: 600; }
 .verdict-caution { color: #9a6700; font-weight: 600; }
 .verdict-likely { color: #D55E00; font-weight: 600; }
+.verdict-broken { color: #fff; background: #D55E00; padding: 0 0.3rem; font-weight: 600; }
 .figure { margin: 1rem 0; }
 """
 
@@ -56,7 +57,7 @@ def _fmt_table(frame: pd.DataFrame, columns: Sequence[str]) -> str:
             out[c] = out[c].map(lambda v: "" if _nan(v) else f"{100 * v:.2f}%")
         elif c in _ABS_COLS or c in ("rel_norm", "cosine", "norm_delta", "norm_base"):
             out[c] = out[c].map(lambda v: "" if _nan(v) else f"{v:.3g}")
-        elif c == "numel":
+        elif c in ("numel", "nonfinite"):
             out[c] = out[c].map(lambda v: f"{int(v):,}")
     return out.to_html(index=False, escape=True, border=0)
 
@@ -111,7 +112,7 @@ def write_html_report(
         f'<p class="note">{html.escape(str(report.meta.get("verdict_rules", "")))}</p>',
         _fmt_table(
             report.summary,
-            ["model", "tensors", "numel", "zeros_share", "mean_abs", "median_abs", "p99_abs",
+            ["model", "tensors", "numel", "nonfinite", "zeros_share", "mean_abs", "median_abs", "p99_abs",
              "max_abs", "rel_norm", *_SHARE_COLS[:3], "verdict"],
         ),
         "<h2>Where the deltas lie</h2>",
@@ -122,13 +123,8 @@ def write_html_report(
         parts.append(_figure(layer_module_heatmap(report, m, metric="median_abs"), f"heat-med-{k}"))
         parts.append(_figure(layer_module_heatmap(report, m, metric="share_above_0.005"), f"heat-share-{k}"))
         parts.append(f"<h3>Tensors most at risk ({html.escape(m)})</h3>")
-        parts.append(
-            _fmt_table(
-                report.top_tensors(m, n=top_n),
-                ["tensor", "kind", "shape", "numel", "median_abs", "p99_abs", "max_abs",
-                 "rel_norm", *_SHARE_COLS[:3], "verdict"],
-            )
-        )
+        risk = report.risk_table(m, n=top_n)
+        parts.append(risk.to_html(index=False, escape=True, border=0))
     if len(report.models) >= 2:
         parts += [
             "<h2>Across fine-tunes</h2>",
