@@ -16,6 +16,7 @@ import torch
 if TYPE_CHECKING:
     import pandas as pd
 
+from fusion_ui.errors import RecipeError
 from fusion_ui.io.checkpoint import Checkpoint
 from fusion_ui.tensor_names import num_layers_from_config
 
@@ -213,6 +214,8 @@ def _human_bytes(n: int) -> str:
 
 def inspect_models(refs: Sequence[str]) -> CompatibilityReport:
     """Open the models (first = base) from headers and configs and check them."""
+    if isinstance(refs, str) or not refs:
+        raise RecipeError("give the models to inspect as a list, the base first: inspect_models([base, ft1, ...])")
     opened: list[Checkpoint] = []
     try:
         for ref in refs:

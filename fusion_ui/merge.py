@@ -143,14 +143,28 @@ def plan_merge(
                 params=params,
                 model_params=tuple(model_params),
             ))
+        if not any(j.merged for j in jobs) and any(j.dtype.is_floating_point for j in jobs):
+            raise RecipeError(
+                f"the recipe's include/exclude patterns leave no tensor to merge: the output would "
+                f"be {reference.ref} unchanged; check `include:` and `exclude:`"
+            )
         _check_tokenizer_source(recipe, reference, models, compat)
         plan = MergePlan(
             recipe=recipe, method=method, base=base, models=models, reference=reference,
             jobs=jobs, out_dtype=out_dtype, num_layers=num_layers, compatibility=compat,
         )
         plan.warnings += [f"{f.model}: {f.message}" for f in compat.findings if f.severity == "warning"]
-        if preflight and method.needs_base and base is not None:
-            _preflight_deltas(plan, allow_large_deltas)
+        # A pattern or override that selects nothing is most likely a typo; it is a warning, not
+        # an error, because recipes travel between architectures (an `exclude: [lm_head.*]` meant
+        # for untied heads selects nothing on a model with tied embeddings) and refusing would
+        # break recipes that do exactly what their author meant elsewhere.
+        plan.warnings += recipe.selection_warnings(
+            list(reference.tensors), [j.name for j in jobs if j.merged], num_layers
+        )
+        if preflight and base is not None:
+            # Methods without task vectors (linear, slerp) merge regardless of the base, but an
+            # unrelated model among them still deserves a word; those that use δ = θ - θ0 refuse.
+            _preflight_deltas(plan, allow_large_deltas, refuse=_uses_deltas(plan))
         return plan
     except BaseException:
         for c in opened:
@@ -329,9 +343,19 @@ def compute_tensor(
     """One output tensor, on the CPU in the output dtype (from ``out_pool``'s buffers, if given)."""
     if inputs is None:
         inputs = read_inputs(plan, job)
+    out = _compute(plan, job, device, inputs, out_pool)
+    if job.dtype == torch.float16 and out.is_floating_point():
+        _check_fits_float16(out, job.name)
+    return out
+
+
+def _compute(
+    plan: MergePlan, job: TensorJob, device: torch.device, inputs: Inputs, out_pool: BufferPool | None
+) -> torch.Tensor:
     if not job.merged:
         t = inputs.base
-        assert t is not None
+        if t is None:
+            raise RuntimeError(f"internal: no input read for {job.name}")
         if t.is_floating_point():
             _check_finite(t, plan.reference, job.name)
             return t.to(job.dtype)
@@ -376,6 +400,23 @@ def compute_tensor(
     host.copy_(out, non_blocking=host.is_pinned())
     torch.cuda.current_stream(device).synchronize()
     return host
+
+
+def _check_fits_float16(out: torch.Tensor, name: str) -> None:
+    """float16 ends at ±65504: a merged value past it became inf in the cast. Never silently."""
+    finite = torch.isfinite(out)
+    if bool(finite.all()):
+        return
+    count = out.numel() - int(finite.sum())
+    raise TensorValueError(
+        f"tensor {name!r} of the merge has {count} value(s) beyond float16's range (±65504), which "
+        f"would be written as inf; export in bfloat16 or float32, which hold them",
+        fixes={
+            "cli": "pass --dtype bfloat16 (or float32)",
+            "app": "choose bfloat16 or float32 as the dtype",
+            "python": "set dtype='bfloat16' (or 'float32') in the recipe",
+        },
+    )
 
 
 def _to_compute(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -435,6 +476,11 @@ def _reads_base(method: MergeMethod) -> bool:
     return method.needs_base or any(p.name == "on_deltas" for p in method.params)
 
 
+def _uses_deltas(plan: MergePlan) -> bool:
+    """Whether the merge computes task vectors δ = θ - θ0 (a wrong base then ruins it)."""
+    return plan.method.needs_base or any(j.params.get("on_deltas") for j in plan.jobs if j.merged)
+
+
 def _read(ckpt: Checkpoint, name: str, rows: int | None, buffer: torch.Tensor | None = None) -> torch.Tensor:
     t = ckpt.tensor(name, buffer=buffer)
     if rows is not None and t.dim() >= 1 and t.shape[0] > rows:
@@ -476,9 +522,14 @@ def _check_tokenizer_source(
 
 
 @torch.no_grad()
-def _preflight_deltas(plan: MergePlan, allow_large: bool) -> None:
-    """Sample a few weight matrices to catch a wrong base before the heavy work."""
-    assert plan.base is not None
+def _preflight_deltas(plan: MergePlan, allow_large: bool, *, refuse: bool = True) -> None:
+    """Sample a few weight matrices to catch a wrong base before the heavy work.
+
+    ``refuse``: a model that is no fine-tune of the base is an error (unless ``allow_large``);
+    otherwise a warning.
+    """
+    if plan.base is None:
+        return
     candidates = [
         j for j in plan.jobs
         if j.merged and len(j.shape) == 2 and module_kind(j.name) not in ("embed", "lm_head")
@@ -507,16 +558,27 @@ def _preflight_deltas(plan: MergePlan, allow_large: bool) -> None:
             medians.append(float(sample.median()))
         rel, median = max(rels), max(medians)
         plan.delta_stats.append({"model": model.ref, "rel_delta": rel, "median_abs_delta": median})
-        if rel > UNRELATED_REL_DELTA and not allow_large:
+        unrelated = (
+            f"{model.ref} does not look like a fine-tune of the base {plan.base.ref}: "
+            f"‖δ‖/‖θ0‖ = {rel:.2f} on sampled weights (fine-tunes are usually below 0.05; "
+            f"unrelated models of the same shape give ~1.4), median |δ| = {median:.4g}"
+        )
+        if rel > UNRELATED_REL_DELTA and refuse and not allow_large:
             raise IncompatibleModelsError(
-                f"{model.ref} does not look like a fine-tune of the base {plan.base.ref}: "
-                f"‖δ‖/‖θ0‖ = {rel:.2f} on sampled weights (fine-tunes are usually below 0.05; "
-                f"unrelated models of the same shape give ~1.4), median |δ| = {median:.4g}. "
-                f"Check that the base is the model it was fine-tuned from, or pass "
-                f"--allow-large-deltas (allow_large_deltas=True) to merge anyway"
+                f"{unrelated}. Check that the base is the model it was fine-tuned from",
+                fixes={
+                    "cli": "pass --allow-large-deltas to merge anyway",
+                    "app": "tick “merge even if a model does not look like a fine-tune of the base”",
+                    "python": "pass allow_large_deltas=True to merge anyway",
+                },
             )
-        if rel > UNRELATED_REL_DELTA:
+        if rel > UNRELATED_REL_DELTA and refuse:
             plan.warnings.append(f"{model.ref}: ‖δ‖/‖θ0‖ = {rel:.2f}; merging anyway as asked")
+        elif rel > UNRELATED_REL_DELTA:
+            plan.warnings.append(
+                f"{unrelated}; {plan.method.name} merges the weights anyway, but models trained "
+                f"from different starting points rarely merge into a working model"
+            )
         sparsifier = getattr(plan.method, "sparsifier", None)
         if sparsifier in ("dare", "della") and median > DARE_SAFE_DELTA:
             plan.warnings.append(

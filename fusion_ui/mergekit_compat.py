@@ -23,9 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from fusion_ui.errors import RecipeError
-from fusion_ui.recipe import Override, Recipe
+from fusion_ui.recipe import Override, Recipe, format_validation
 
 # mergekit name -> fusion_ui name
 _FROM_MERGEKIT = {
@@ -71,20 +72,16 @@ def recipe_from_mergekit(data: dict[str, Any]) -> Recipe:
         raise RecipeError("mergekit `slices:` (layer stacking / passthrough) is not supported; use `models:`")
     method = _FROM_MERGEKIT[mk_method]
     base = _model_ref(data["base_model"]) if data.get("base_model") else None
-    entries = data.get("models") or []
-    if not isinstance(entries, list):
-        raise RecipeError("mergekit `models:` must be a list")
+    entries = [_model_entry(i, e) for i, e in enumerate(_list(data.get("models"), "models"))]
     overrides: list[Override] = []
     g_params: dict[str, Any] = {}
-    for key, value in (data.get("parameters") or {}).items():
+    for key, value in _mapping(data.get("parameters"), "parameters").items():
         if key in ("int8_mask", "filter_wise"):
             continue  # memory/shape options with no effect on fusion_ui's float32 results
         g_params[key] = _value(key, value, overrides, None)
 
     models: list[dict[str, Any]] = []
-    for entry in entries:
-        ref = _model_ref(entry["model"] if isinstance(entry, dict) else entry)
-        params = dict((entry.get("parameters") or {}) if isinstance(entry, dict) else {})
+    for ref, params in entries:
         if method == "slerp":
             continue  # slerp's endpoints are base_model and the other model, handled below
         if base is not None and ref == base and method != "linear":
@@ -92,8 +89,7 @@ def recipe_from_mergekit(data: dict[str, Any]) -> Recipe:
         models.append({"model": ref, "raw": params})
 
     if method == "slerp":
-        others = [_model_ref(e["model"] if isinstance(e, dict) else e) for e in entries]
-        others = [r for r in others if r != base]
+        others = [r for r, _ in entries if r != base]
         if base is None or len(others) != 1:
             raise RecipeError("mergekit slerp needs base_model and exactly one other model")
         recipe_models: list[dict[str, Any]] = [{"model": base}, {"model": others[0]}]
@@ -148,8 +144,8 @@ def recipe_from_mergekit(data: dict[str, Any]) -> Recipe:
         recipe_data["tokenizer_source"] = _model_ref(tokenizer)
     try:
         return Recipe.model_validate(recipe_data)
-    except Exception as exc:  # pydantic ValidationError: report in mergekit terms
-        raise RecipeError(f"mergekit config could not be converted: {exc}") from None
+    except ValidationError as exc:  # report in mergekit terms, on one line
+        raise RecipeError(f"mergekit config could not be converted: {format_validation(exc)}") from None
 
 
 def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
@@ -207,7 +203,9 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
         notes.append("dtype: fusion_ui keeps the base's dtype; set it explicitly in mergekit if it is not bfloat16")
     if recipe.tokenizer_source != "base":
         tok = recipe.tokenizer_source
-        out["tokenizer_source"] = recipe.models[int(tok[6:])].model if tok.startswith("model:") else tok
+        out["tokenizer_source"] = (
+            recipe.models[recipe.model_index(tok[len("model:"):])].model if tok.startswith("model:") else tok
+        )
     if method.uses_seed:
         notes.append(f"random masks: fusion_ui seeds them (seed {recipe.seed}); mergekit's differ on every run")
     if recipe.include or recipe.exclude:
@@ -218,6 +216,34 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
     header = "".join(f"# note: {n}\n" for n in notes)
     text = "# mergekit config equivalent to this fusion_ui recipe (written by fusion_ui)\n" + header
     return text + yaml.safe_dump(out, sort_keys=False), notes
+
+
+def _list(value: Any, key: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RecipeError(f"mergekit `{key}:` must be a list, got {type(value).__name__}")
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecipeError(f"mergekit `{where}` must be a mapping of names to values, got {value!r}")
+    return value
+
+
+def _model_entry(i: int, entry: Any) -> tuple[str, dict[str, Any]]:
+    """One ``models:`` entry: ``- model: ref`` (with optional ``parameters:``) or a bare ref."""
+    if not isinstance(entry, dict):
+        return _model_ref(entry), {}
+    if "model" not in entry:
+        raise RecipeError(
+            f"mergekit models[{i}] ({entry!r}) has no `model:` key; write each entry as "
+            f"`- model: org/name` with its `parameters:` below it"
+        )
+    return _model_ref(entry["model"]), dict(_mapping(entry.get("parameters"), f"models[{i}].parameters"))
 
 
 def _model_ref(value: Any) -> str:
@@ -244,6 +270,11 @@ def _value(key: str, value: Any, overrides: list[Override], model: int | None) -
         default = None
         # mergekit: the first matching filter wins; ours: the last matching override wins.
         for cond in reversed(value):
+            if "value" not in cond:
+                raise RecipeError(
+                    f"mergekit parameter {key!r}: each entry of a filter list needs a `value:` "
+                    f"(got {cond!r})"
+                )
             if "filter" in cond and cond["filter"] is not None:
                 params = {key: cond["value"]}
                 overrides.append(Override(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fusion_ui.errors import RecipeError
 from fusion_ui.methods import MergeMethod, get_method
-from fusion_ui.methods.params import ParamSpec
+from fusion_ui.methods.params import ParamSpec, as_number
 from fusion_ui.tensor_names import is_input_side, layer_index
 
 RECIPE_VERSION = 1
@@ -87,6 +87,23 @@ class Override(BaseModel):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("match")
+    @classmethod
+    def _valid_patterns(cls, v: list[str]) -> list[str]:
+        return _valid_patterns(v)
+
+    @field_validator("layers")
+    @classmethod
+    def _ordered_layers(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and (v[0] < 0 or v[1] < v[0]):
+            raise ValueError(f"layers must be [first, last] with 0 <= first <= last, got {list(v)}")
+        return v
+
+    def describe(self) -> str:
+        """The override's selection, as a recipe writes it."""
+        where = f"match {self.match if len(self.match) > 1 else self.match[0]!r}"
+        return where + (f", layers {list(self.layers)}" if self.layers is not None else "")
+
     def applies_to(self, name: str, layer: int | None) -> bool:
         if self.layers is not None:
             if layer is None or not self.layers[0] <= layer <= self.layers[1]:
@@ -117,8 +134,13 @@ class Recipe(BaseModel):
     @classmethod
     def _seed_range(cls, v: int) -> int:
         if not 0 <= v < 2**63:
-            raise ValueError("seed must be a non-negative integer")
+            raise ValueError(f"seed must be a whole number from 0 to 2**63 - 1, got {v}")
         return v
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _valid_patterns(cls, v: list[str]) -> list[str]:
+        return _valid_patterns(v)
 
     @cached_property
     def merge_method(self) -> MergeMethod:
@@ -146,6 +168,46 @@ class Recipe(BaseModel):
                 _check_values(m, values, f"overrides[{j}].models[{key}].", allow_per_model=True, only_per_model=True)
         if self.tokenizer_source.startswith("model:"):
             self.model_index(self.tokenizer_source[len("model:"):])
+        # a recipe changed with model_copy skipped the field validators: patterns once more
+        for where, patterns in [
+            ("include", self.include), ("exclude", self.exclude),
+            *((f"overrides[{j}].match", ov.match) for j, ov in enumerate(self.overrides)),
+        ]:
+            try:
+                _valid_patterns(patterns)
+            except ValueError as exc:
+                raise RecipeError(f"{where}: {exc}") from None
+
+    def updated(self, *, source: str = "recipe", **changes: Any) -> Recipe:
+        """A copy with ``changes`` applied and validated like a loaded recipe (``model_copy``
+        would skip the checks: a ``seed`` of -5 would pass)."""
+        data = self.model_dump()
+        data.update(changes)
+        try:
+            recipe = Recipe.model_validate(data)
+        except ValidationError as exc:
+            raise RecipeError(f"{source}: {format_validation(exc)}") from None
+        recipe.validate_for_method()
+        return recipe
+
+    def selection_warnings(self, names: list[str], merged: list[str], num_layers: int | None) -> list[str]:
+        """What the recipe's patterns and overrides select that is nothing: likely typos."""
+        out = []
+        for key, patterns in (("include", self.include), ("exclude", self.exclude)):
+            for pat in patterns:
+                if not any(name_matches(n, [pat]) for n in names):
+                    out.append(f"{key} pattern {pat!r} matches no tensor of the model; check it for typos")
+        layers = f"layers 0..{num_layers - 1}" if num_layers else "no numbered layers"
+        for j, ov in enumerate(self.overrides):
+            if any(ov.applies_to(n, layer_index(n)) for n in merged):
+                continue
+            unmerged = any(ov.applies_to(n, layer_index(n)) for n in names)
+            why = (
+                "only tensors that are not merged (include/exclude)" if unmerged
+                else f"no tensor (the model has {layers})"
+            )
+            out.append(f"overrides[{j}] ({ov.describe()}) selects {why}, so it changes nothing")
+        return out
 
     def model_index(self, key: int | str) -> int:
         """Index of a model named by position or by its reference string."""
@@ -240,11 +302,34 @@ def name_matches(name: str, patterns: list[str]) -> bool:
     """Glob match (``fnmatch``), or regex search for patterns written ``re:<regex>``."""
     for pat in patterns:
         if pat.startswith("re:"):
-            if re.search(pat[3:], name):
+            if _regex(pat).search(name):
                 return True
         elif fnmatch.fnmatchcase(name, pat):
             return True
     return False
+
+
+@lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern[3:])
+    except re.error as exc:
+        raise RecipeError(f"invalid regular expression in pattern {pattern!r}: {exc}") from None
+
+
+def _valid_patterns(patterns: list[str]) -> list[str]:
+    """Compile every ``re:`` pattern now, so a bad one fails when the recipe is loaded."""
+    for pat in patterns:
+        if pat.startswith("re:"):
+            try:
+                re.compile(pat[3:])
+            except re.error as exc:
+                where = f" at position {exc.pos}" if exc.pos is not None else ""
+                raise ValueError(
+                    f"{pat!r} is not a valid regular expression ({exc.msg}{where}); fix it, or "
+                    f"drop the re: prefix to use a glob such as '*.self_attn.*'"
+                ) from None
+    return patterns
 
 
 def ramp_position(name: str, layer: int | None, num_layers: int | None) -> float:
@@ -272,9 +357,14 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
+        raise RecipeError(f"cannot read recipe {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position {exc.start}); "
+            f"save the recipe as UTF-8"
+        ) from exc
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path} is not valid YAML: {exc}") from exc
+        raise RecipeError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
     return recipe_from_dict(data, folder=path.resolve().parent, source=str(path))
 
 
@@ -290,21 +380,27 @@ def recipe_from_dict(data: Any, *, folder: Path | None = None, source: str = "re
         try:
             recipe = Recipe.model_validate(data)
         except ValidationError as exc:
-            raise RecipeError(f"{source}: {_format_validation(exc)}") from None
+            raise RecipeError(f"{source}: {format_validation(exc)}") from None
     recipe = recipe.with_paths_resolved(folder)
     recipe.validate_for_method()
     return recipe
 
 
-# -- internals ---------------------------------------------------------------------------
-
-
-def _format_validation(exc: ValidationError) -> str:
+def format_validation(exc: ValidationError) -> str:
+    """A pydantic error on one line, each failing field named by its path in the recipe."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(x) for x in err["loc"]) or "recipe"
-        parts.append(f"{where}: {err['msg']}")
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, and what."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def _check_values(
@@ -327,9 +423,10 @@ def _check_values(
                 raise RecipeError(f"{where}{key}: a ramp needs at least one value")
         for a in anchors:
             if complement:
-                if isinstance(a, bool) or not isinstance(a, (int, float)):
+                number = as_number(a)
+                if number is None:
                     raise RecipeError(f"{where}{key} must be a number, got {a!r}")
-                a = 1.0 - float(a)
+                a = 1.0 - float(number)
             spec.check(a, where)
         other = _COMPLEMENTS.get(key)
         if other and other in values:
@@ -356,8 +453,15 @@ def _pick(spec: ParamSpec, layers: list[dict[str, Any]], pos: float, default: An
             value = 1.0 - _scalar(values[_COMPLEMENTS[spec.name]], pos)
     if spec.kind == "float":
         return float(value)
+    if spec.kind == "int":
+        return int(value)
     return value
 
 
 def _scalar(value: Any, pos: float) -> Any:
-    return ramp_value([float(v) for v in value], pos) if isinstance(value, list) else value
+    if isinstance(value, list):
+        return ramp_value([float(v) for v in value], pos)
+    if isinstance(value, str):  # a number YAML left as text ("1e-3"), checked in validate_for_method
+        number = as_number(value)
+        return value if number is None else number
+    return value

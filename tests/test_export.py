@@ -171,11 +171,21 @@ def test_existing_output_is_refused_unless_forced(llama_family: dict[str, Path],
     out = tmp_path / "merged"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ExportError, match="already exists.*--force"):
+    with pytest.raises(ExportError, match="already exists") as info:
         export_merge(recipe(llama_family), out, device="cpu")
+    assert info.value.message_for("cli").endswith("pass --force to replace it")
+    assert str(info.value).endswith("pass force=True")
     assert (out / "keep.txt").read_text() == "mine"
+    # force replaces an earlier export or an empty folder, never a folder of someone's files
+    with pytest.raises(ExportError, match="not a fusion_ui export"):
+        export_merge(recipe(llama_family), out, device="cpu", force=True)
+    assert (out / "keep.txt").read_text() == "mine" and leftovers(tmp_path) == []
+    (out / "keep.txt").unlink()
     export_merge(recipe(llama_family), out, device="cpu", force=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+    assert (out / "config.json").exists()
+    export_merge(recipe(llama_family, seed=7), out, device="cpu", force=True)
+    assert yaml.safe_load((out / "fusion_ui_recipe.yaml").read_text())["seed"] == 7
+    assert leftovers(tmp_path) == []
 
 
 def test_not_enough_disk_space(llama_family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from fusion_ui.errors import FusionError
 
@@ -37,16 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, systemd, docker stop), raised like Ctrl-C so that cleanup runs."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Without a handler SIGTERM kills the process on the spot, skipping every `finally`; as an
+    # exception it unwinds like Ctrl-C. (`merge` sets its own: it cancels at the next tensor.)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         code = int(args.func(args) or 0)
     except FusionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.message_for('cli')}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     if argv is None and code == 0 and getattr(args, "fast_exit", False):
         # A whole process (not a call from Python): its outputs are closed and in place, so
         # skip the interpreter's teardown of torch and numba state (~0.4 s measured after a

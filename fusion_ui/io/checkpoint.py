@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ import torch
 from fusion_ui.errors import ModelSourceError, UnsafeCheckpointError
 from fusion_ui.io.safetensors_format import DTYPES, read_header
 from fusion_ui.io.source import ModelSource, resolve_model
+
+# The input token embeddings, whose rows a token id indexes (Llama, GPT-2, BERT, GPT-NeoX names).
+_TOKEN_EMBEDDING = re.compile(r"embed_tokens\.weight$|(^|\.)wte\.weight$|word_embeddings\.weight$|(^|\.)embed_in\.weight$")
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -75,17 +79,23 @@ class Checkpoint:
     def __init__(self, source: ModelSource) -> None:
         self.source = source
         self.path = source.path
-        self.config = _read_config(self.path)
-        self.format, self.files = _weight_files(self.path)
         self.tensors: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
         self._handles: dict[str, int] = {}  # shard file -> open file descriptor
         self._lock = threading.Lock()
         self._bin_cache: dict[str, dict[str, torch.Tensor]] = {}
-        if self.format == "safetensors":
-            self._read_safetensors_headers()
-        else:
-            self._read_bin_headers()
+        try:
+            self.config = _read_config(self.path)
+            self.format, self.files = _weight_files(self.path)
+            if self.format == "safetensors":
+                self._read_safetensors_headers()
+            else:
+                self._read_bin_headers()
+        except OSError as exc:  # what the readers above do not name themselves (permissions, I/O errors)
+            raise ModelSourceError(
+                f"cannot read model {source.ref}: {_os_reason(exc)}; check that the folder and its "
+                f"files are readable"
+            ) from exc
 
     # -- opening -------------------------------------------------------------------------
 
@@ -155,15 +165,28 @@ class Checkpoint:
         return int(v) if isinstance(v, int) else None
 
     def tokenizer_files(self) -> list[str]:
-        return [f for f in TOKENIZER_FILES if (self.path / f).is_file()]
+        return tokenizer_files(self.path)
+
+    def embedding_rows(self) -> int | None:
+        """Rows of the input token embeddings (what a token id indexes), or the config's vocab_size."""
+        rows = [
+            t.shape[0] for name, t in self.tensors.items()
+            if len(t.shape) == 2 and _TOKEN_EMBEDDING.search(name)
+        ]
+        return min(rows) if rows else self.vocab_size()
 
     def identity(self) -> dict[str, object]:
         """What identifies these exact weights on disk: for cache keys."""
         files = []
-        for f in sorted(self.files):
-            st = (self.path / f).stat()
-            files.append([f, st.st_size, st.st_mtime_ns])
-        cfg = (self.path / "config.json").stat()
+        try:
+            for f in sorted(self.files):
+                st = (self.path / f).stat()
+                files.append([f, st.st_size, st.st_mtime_ns])
+            cfg = (self.path / "config.json").stat()
+        except OSError as exc:
+            raise ModelSourceError(
+                f"cannot read model {self.ref}: {_os_reason(exc)}; was it moved or deleted while in use?"
+            ) from exc
         return {
             "path": str(self.path),
             "hub_id": self.source.hub_id,
@@ -289,6 +312,67 @@ class Checkpoint:
             raise ModelSourceError(f"{path} does not hold a flat state dict of tensors")
         self._bin_cache[file] = sd
         return sd
+
+
+def tokenizer_files(folder: Path) -> list[str]:
+    """The tokenizer files (of :data:`TOKENIZER_FILES`) that ``folder`` holds."""
+    return [f for f in TOKENIZER_FILES if (folder / f).is_file()]
+
+
+def tokenizer_size(folder: Path) -> int | None:
+    """How many token ids the tokenizer in ``folder`` can produce (largest id + 1, added tokens
+    included), or None if that cannot be told.
+
+    Read from the tokenizer's JSON files, which every fast tokenizer saves: loading it with
+    ``transformers`` would cost seconds of imports. Only a folder with nothing but a
+    SentencePiece ``tokenizer.model`` is loaded with ``transformers``.
+    """
+    ids: list[int] = []
+    found = False
+    try:
+        tok_json = folder / "tokenizer.json"
+        if tok_json.is_file():
+            data = json.loads(tok_json.read_text(encoding="utf-8"))
+            vocab = (data.get("model") or {}).get("vocab")
+            if isinstance(vocab, dict):  # BPE, WordLevel, WordPiece: token -> id
+                ids += [v for v in vocab.values() if isinstance(v, int)]
+            elif isinstance(vocab, list):  # Unigram: [piece, score] by id
+                ids.append(len(vocab) - 1)
+            ids += [t["id"] for t in data.get("added_tokens") or [] if isinstance(t.get("id"), int)]
+            found = True
+        for name in ("vocab.json", "added_tokens.json"):  # slow BPE tokenizers (GPT-2 style)
+            path = folder / name
+            if path.is_file():
+                table = json.loads(path.read_text(encoding="utf-8"))
+                ids += [v for v in table.values() if isinstance(v, int)] if isinstance(table, dict) else []
+                found = True
+        vocab_txt = folder / "vocab.txt"  # WordPiece (BERT style): one token per line
+        if vocab_txt.is_file():
+            ids.append(len(vocab_txt.read_text(encoding="utf-8").splitlines()) - 1)
+            found = True
+        config = folder / "tokenizer_config.json"
+        if config.is_file():
+            decoder = json.loads(config.read_text(encoding="utf-8")).get("added_tokens_decoder")
+            if isinstance(decoder, dict):
+                ids += [int(k) for k in decoder if str(k).isdigit()]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return None  # an unreadable tokenizer is reported when it is copied or loaded
+    if found:
+        return max(ids) + 1 if ids else None
+    if (folder / "tokenizer.model").is_file():
+        try:
+            from transformers import AutoTokenizer
+
+            return len(AutoTokenizer.from_pretrained(folder, local_files_only=True))
+        except Exception:  # noqa: BLE001 - without the optional sentencepiece, no count: no check
+            return None
+    return None
+
+
+def _os_reason(exc: OSError) -> str:
+    """An OSError as '<file>: <reason>'."""
+    reason = exc.strerror or str(exc)
+    return f"{exc.filename}: {reason}" if exc.filename else reason
 
 
 def _pread_into(fd: int, view: memoryview, offset: int, lock: threading.Lock) -> int:

@@ -41,11 +41,15 @@ class ModelSource:
 def short_names(refs: Sequence[str | os.PathLike[str]]) -> list[str]:
     """Short unique names for model references: the folder or repo name, numbered on collision."""
     out: list[str] = []
+    taken: set[str] = set()
+    next_number: dict[str, int] = {}  # stem -> the next number to try (linear in len(refs))
     for ref in refs:
         stem = Path(str(ref).rstrip("/")).name or str(ref)
-        name, n = stem, 2
-        while name in out:
+        name, n = stem, next_number.get(stem, 2)
+        while name in taken:
             name, n = f"{stem}#{n}", n + 1
+        next_number[stem] = n
+        taken.add(name)
         out.append(name)
     return out
 
@@ -69,12 +73,17 @@ def resolve_model(ref: str | os.PathLike[str], *, revision: str | None = None) -
     if not text:
         raise ModelSourceError("empty model reference: give a folder path or a hub id (org/name)")
     path = Path(text).expanduser()
-    if path.exists():
-        if not path.is_dir():
+    try:
+        exists = path.exists()
+        if exists and not path.is_dir():
             raise ModelSourceError(
                 f"{text} is a file; give the model's folder (the one holding config.json)"
             )
-        return ModelSource(ref=text, path=path.resolve())
+        if exists:
+            return ModelSource(ref=text, path=path.resolve())
+    except (OSError, RuntimeError) as exc:  # permissions on a parent folder, symlink loops
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ModelSourceError(f"cannot open model folder {text}: {reason}; check the path and its permissions") from exc
     if not looks_like_hub_id(text):
         raise ModelSourceError(
             f"model folder not found: {text}. Check the path, or give a hub id as org/name"

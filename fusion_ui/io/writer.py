@@ -133,6 +133,15 @@ def parse_size(size: int | str) -> int:
     return value
 
 
+def format_size(nbytes: int) -> str:
+    """Bytes for a person: ``"212 B"``, ``"48.3 KB"``, ``"67.1 MB"``, ``"1.92 GB"`` (decimal units)."""
+    for unit, size in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if abs(nbytes) >= size:
+            value = nbytes / size
+            return f"{value:.2f} {unit}" if unit in ("GB", "TB") else f"{value:.1f} {unit}"
+    return f"{nbytes} B"
+
+
 def plan_shards(specs: Sequence[TensorSpec], max_bytes: int) -> list[list[TensorSpec]]:
     """Greedy shards in tensor order; a tensor larger than ``max_bytes`` gets a shard alone."""
     shards: list[list[TensorSpec]] = []

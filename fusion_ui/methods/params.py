@@ -33,6 +33,10 @@ class ParamSpec:
     label: str = ""  # short UI label
     help: str = ""  # one sentence: what moving it does
     step: float = 0.01  # slider step for floats
+    # Where a slider should end when the allowed range is much wider than the useful one (weights
+    # may go to 10, but 0-2 is where they are used); None: the allowed range. Recipes may still
+    # give any allowed value.
+    slider_range: tuple[float, float] | None = None
 
     def check(self, value: Any, where: str) -> Scalar:
         """Validate and coerce one scalar value; ``where`` names it in the error."""
@@ -45,16 +49,20 @@ class ParamSpec:
             if isinstance(value, str) and value in self.choices:
                 return value
             raise RecipeError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        number = as_number(value)
+        if number is None:
             raise RecipeError(f"{name} must be a number, got {value!r}")
+        if math.isnan(number):
+            raise RecipeError(f"{name} must be a number, got NaN; {self.range_text()}")
+        if math.isinf(number):
+            size = "too large" if number > 0 else "too small"
+            raise RecipeError(f"{name} = {number} is {size} (infinite): {self.range_text()}")
         if self.kind == "int":
-            if float(value) != int(value):
+            if float(number) != int(number):
                 raise RecipeError(f"{name} must be a whole number, got {value!r}")
-            value = int(value)
+            value = int(number)
         else:
-            value = float(value)
-        if not math.isfinite(value):
-            raise RecipeError(f"{name} must be finite, got {value!r}")
+            value = float(number)
         lo, hi = self.minimum, self.maximum
         if lo is not None and (value < lo or (value == lo and not self.min_inclusive)):
             raise RecipeError(f"{name} = {value} is out of range: {self.range_text()}")
@@ -76,18 +84,37 @@ class ParamSpec:
         return d
 
 
+def as_number(value: Any) -> float | int | None:
+    """``value`` as a number, or None if it is not one.
+
+    YAML 1.1 (PyYAML) reads ``1e300`` or ``1e-3``, floats without a dot, as text; those count as
+    the numbers they spell, as in YAML 1.2 and JSON. Booleans are not numbers here.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str) and "_" not in value:  # Python's float() also takes "1_000"
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
 # Parameters shared by several methods, declared once.
 WEIGHT = ParamSpec(
-    "weight", 1.0, per_model=True, minimum=0.0, maximum=10.0,
-    label="weight", help="How much of this model's change goes into the merge.",
+    "weight", 1.0, per_model=True, minimum=0.0, maximum=10.0, slider_range=(0.0, 2.0),
+    label="weight", help="How much of this model's change goes into the merge (up to 10 in the recipe).",
 )
 SIGNED_WEIGHT = ParamSpec(
-    "weight", 1.0, per_model=True, minimum=-10.0, maximum=10.0,
-    label="weight", help="How much of this model's task vector is added; negative subtracts it (task negation).",
+    "weight", 1.0, per_model=True, minimum=-10.0, maximum=10.0, slider_range=(-2.0, 2.0),
+    label="weight",
+    help="How much of this model's task vector is added; negative subtracts it (task negation). ±10 in the recipe.",
 )
 LAMBDA = ParamSpec(
-    "lambda", 1.0, minimum=0.0, maximum=10.0,
-    label="λ (scale)", help="Scales the merged task vector before it is added to the base.",
+    "lambda", 1.0, minimum=0.0, maximum=10.0, slider_range=(0.0, 3.0),
+    label="λ (scale)", help="Scales the merged task vector before it is added to the base (up to 10 in the recipe).",
 )
 SEED = ParamSpec(
     "seed", 0, kind="int", minimum=0, maximum=2**31 - 1, step=1,
