@@ -7,6 +7,8 @@
     ├── RecipeError                 a recipe or parameter that is invalid
     ├── TensorValueError            NaN/inf in an input tensor
     ├── ExportError                 output folder exists, not enough disk space, write failure
+    ├── InputError                  an input past the app's bounds (prompt, models, tokens, seed)
+    ├── GenerationError             a model failed while generating text
     └── CancelledError              the user cancelled a long operation
 
 Every class derives from ``FusionError`` so callers (CLI, UI) can catch one type
@@ -70,6 +72,14 @@ class TensorValueError(FusionError):
 
 class ExportError(FusionError):
     """The merged checkpoint cannot be written where asked."""
+
+
+class InputError(FusionError):
+    """An input outside what the app accepts: too long a prompt, too many models or tokens."""
+
+
+class GenerationError(FusionError):
+    """A model failed while generating (its own error is chained)."""
 
 
 class CancelledError(FusionError):

@@ -154,6 +154,14 @@ class Recipe(BaseModel):
         n = len(self.models)
         if m.needs_base and not self.base:
             raise RecipeError(f"method {m.name!r} needs a base model: set `base:` in the recipe")
+        if not self.base:
+            for where, values in [("parameters", self.parameters),
+                                  *((f"overrides[{j}].parameters", o.parameters) for j, o in enumerate(self.overrides))]:
+                if m.needs_base_with(values):
+                    raise RecipeError(
+                        f"method {m.name!r} with these {where} needs a base model: set `base:` in the "
+                        "recipe (or change the parameter that uses it, e.g. on_deltas: false)"
+                    )
         if n < m.min_models:
             raise RecipeError(f"method {m.name!r} needs at least {m.min_models} model(s), got {n}")
         if m.max_models is not None and n > m.max_models:

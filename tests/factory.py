@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -71,3 +72,30 @@ def build_family(root: Path, family: str, n: int = 3, *, dtype: torch.dtype = to
     for i in range(n):
         paths[f"ft{i}"] = save(fine_tune_of(base, seed=100 + i), root / f"ft{i}", shard=shard)
     return paths
+
+
+SKILLS = ("alpha", "beta")
+
+
+def demo_like_family(root: Path) -> Path:
+    """A family laid out like assets/demo (base/, expert_<skill>/, evals/) from tiny random Llamas.
+
+    Random weights generate varied characters, so generation columns show real text; the shipped
+    demo family is far too slow to build in tests.
+    """
+    base = tiny_model("llama", seed=0)
+    save(base, root / "base")
+    for i, skill in enumerate(SKILLS):
+        save(fine_tune_of(base, seed=100 + i), root / f"expert_{skill}")
+    (root / "evals").mkdir(parents=True, exist_ok=True)
+    for skill in SKILLS:
+        rows = [{"prompt": f"{skill}: {w} =", "answer": w[::-1], "skill": skill} for w in ("abc", "dog", "sun")]
+        (root / "evals" / f"{skill}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def dare_ties(sel: dict, drop_rate: float = 0.9, seed: int = 0) -> dict:
+    return {
+        "method": "dare_ties", "base": sel["base"], "seed": seed, "parameters": {"lambda": 1.0},
+        "models": [{"model": m, "weight": 0.5, "drop_rate": drop_rate} for m in sel["models"]],
+    }

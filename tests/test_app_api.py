@@ -8,7 +8,6 @@ back as messages, not tracebacks.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,39 +15,19 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from test_engine_facade import dare_ties, demo_like_family
+from apptools import RunningApp
+from factory import dare_ties, demo_like_family
 from transformers import AutoModelForCausalLM
 
 from fusion_ui import merge_to_state_dict, recipe_from_dict
-from fusion_ui.engine import Engine
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gradio_client = pytest.importorskip("gradio_client")
 pytest.importorskip("gradio")
 
-from fusion_ui.ui import build_app, launch, listen_problem  # noqa: E402
+from fusion_ui.ui import listen_problem  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # gradio's own pandas use
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RunningApp:
-    """The app served on a free localhost port, in this process (its engine is inspectable)."""
-
-    def __init__(self, family: Path, state_dir: Path) -> None:
-        self.engine = Engine(demo_dir=family, state_dir=state_dir, device="cpu")
-        self.blocks = build_app(self.engine)
-        self.port = free_port()
-        launch(self.blocks, host="127.0.0.1", port=self.port, block=False)
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def close(self) -> None:
-        self.blocks.close()
 
 
 @pytest.fixture(scope="module")
@@ -77,55 +56,57 @@ def test_journey_load_deltas_merge_generate_score_export(app: RunningApp, client
     demo = app.engine.demo
     base, experts = str(demo.base), [str(p) for p in demo.experts.values()]
 
-    table, verdict = client.predict(base, "\n".join(experts), api_name="/load_models")
+    table, verdict, _presets = client.predict(base, "\n".join(experts), api_name="/load_models")
     assert [row[1] for row in table["data"]] == ["base", "expert_alpha", "expert_beta"]
     assert "Compatible" in verdict
 
     out = client.predict("median_abs", api_name="/analyze_deltas")
-    cards, summary, histogram = out[0], out[1], out[2]
+    cards, summary, histogram = out[1], out[2], out[3]
     assert "expert_alpha" in cards and "expert_beta" in cards and "DARE" in cards
     assert {r[0] for r in summary["data"]} == {"expert_alpha", "expert_beta"}
     assert histogram["type"] == "plotly" and "DARE outlook" in histogram["plot"]
 
     sel = {"base": base, "models": experts}
     recipe = recipe_from_dict(dare_ties(sel))
-    status = client.predict(recipe.to_yaml(), api_name="/merge")
+    status = client.predict(recipe.to_yaml(), api_name="/merge_recipe")
     assert "Merged" in status
     preview = app.engine.preview_state(client.session_hash)
     expected = merge_to_state_dict(recipe, device="cpu")
     assert all(torch.equal(preview[k], v.float()) for k, v in expected.items())
 
     columns = client.predict("alpha: abc =", 6, True, 0.8, 0, True, api_name="/generate")
-    shown = [c for c in columns if c]
+    assert "Generated" in columns[0]
+    shown = [c for c in columns[1:] if c]
     assert len(shown) == 4 and all(c.strip() for c in shown)  # base, two fine-tunes, the merge
 
-    scores, chart = client.predict(["alpha", "beta"], None, 2, api_name="/evaluate")
+    _status, scores, chart = client.predict(["alpha", "beta"], None, 2, api_name="/evaluate")
     assert [r[0] for r in scores["data"]] == ["base", "expert_alpha", "expert_beta", "merge"]
     assert chart["type"] == "plotly"
 
-    folder = tmp_path / "exported"
-    result, card, written, mergekit, history = client.predict(
-        recipe.to_yaml(), str(folder), "bfloat16", "1MB", "base", True, False, api_name="/export")
-    assert "Exported" in result and str(folder) in result
-    assert "dare_ties" in card and yaml.safe_load(written)["method"] == "dare_ties"
-    assert "merge_method" in mergekit
+    written = client.predict(recipe.to_yaml(), "exported", "bfloat16", "1MB", "base", True, False,
+                             api_name="/export_recipe")
+    folder = app.export_root / "exported"
+    assert written["folder"] == str(folder.resolve()) and "README.md" in written["files"]
+    assert yaml.safe_load(written["recipe"])["method"] == "dare_ties" and "merge_method" in written["mergekit"]
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.config.num_hidden_layers == 3
-    assert history["data"][0][2] == "export"
+    kinds = [e["kind"] for e in app.engine.history.entries]
+    assert kinds[-2:] == ["merge", "export"]
 
     # Reload the first merge of the history into the Merge tab.
-    first = min(row[0] for row in history["data"])
+    first = app.engine.history.entries[0]["id"]
     loaded = client.predict(first, api_name="/load_history")
-    assert yaml.safe_load(loaded[0])["method"] == "dare_ties"
+    assert any(isinstance(v, str) and "method: dare_ties" in v for v in loaded)
 
 
 def test_errors_are_messages_not_tracebacks(client: Any, tmp_path: Path) -> None:
+    (tmp_path / "ft").mkdir()
     with pytest.raises(gradio_client.exceptions.AppError, match="config.json"):
-        client.predict(str(tmp_path), str(tmp_path), api_name="/load_models")
+        client.predict(str(tmp_path), str(tmp_path / "ft"), api_name="/load_models")
     with pytest.raises(gradio_client.exceptions.AppError, match="valid YAML"):
-        client.predict("method: [", api_name="/merge")
+        client.predict("method: [", api_name="/merge_recipe")
     with pytest.raises(gradio_client.exceptions.AppError, match="no_such"):
-        client.predict("method: no_such\nmodels: [a]\n", api_name="/merge")
+        client.predict("method: no_such\nmodels: [a]\n", api_name="/merge_recipe")
 
 
 def test_listen_policy_requires_auth_beyond_localhost() -> None:

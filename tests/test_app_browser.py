@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_app_api import RunningApp
-from test_engine_facade import demo_like_family
+from apptools import RunningApp
+from factory import demo_like_family
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -103,8 +103,8 @@ def test_journey_by_clicks(app: RunningApp, browser: Any, tmp_path: Path) -> Non
     shot(page, "4-compare")
 
     open_tab(page, "Export")
-    folder = tmp_path / "exported"
-    page.locator("#export-folder textarea, #export-folder input").first.fill(str(folder))
+    page.locator("#export-folder textarea, #export-folder input").first.fill("exported")
+    folder = app.export_root / "exported"
     page.click("#export-button")
     wait_text(page, "#export-result", "Exported")
     assert (folder / "config.json").is_file() and (folder / "README.md").is_file()

@@ -3,13 +3,12 @@ evals, export and history."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from factory import fine_tune_of, save, tiny_model
+from factory import SKILLS, dare_ties, demo_like_family
 from transformers import AutoModelForCausalLM
 
 from fusion_ui import merge_to_state_dict, recipe_from_dict
@@ -22,34 +21,8 @@ from fusion_ui.engine import (
     check_ref,
     make_selection,
 )
-from fusion_ui.errors import ExportError, ModelSourceError, RecipeError
+from fusion_ui.errors import ExportError, InputError, ModelSourceError, RecipeError
 from fusion_ui.evals import greedy_generate, load_causal_lm
-
-SKILLS = ("alpha", "beta")
-
-
-def demo_like_family(root: Path) -> Path:
-    """A family laid out like assets/demo (base/, expert_<skill>/, evals/) from tiny random Llamas.
-
-    Random weights generate varied characters, so generation columns show real text; the shipped
-    demo family is far too slow to build in tests.
-    """
-    base = tiny_model("llama", seed=0)
-    save(base, root / "base")
-    for i, skill in enumerate(SKILLS):
-        save(fine_tune_of(base, seed=100 + i), root / f"expert_{skill}")
-    (root / "evals").mkdir(parents=True, exist_ok=True)
-    for skill in SKILLS:
-        rows = [{"prompt": f"{skill}: {w} =", "answer": w[::-1], "skill": skill} for w in ("abc", "dog", "sun")]
-        (root / "evals" / f"{skill}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
-
-
-def dare_ties(sel: dict, drop_rate: float = 0.9, seed: int = 0) -> dict:
-    return {
-        "method": "dare_ties", "base": sel["base"], "seed": seed, "parameters": {"lambda": 1.0},
-        "models": [{"model": m, "weight": 0.5, "drop_rate": drop_rate} for m in sel["models"]],
-    }
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +32,7 @@ def family(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def engine(family: Path, tmp_path: Path) -> Engine:
-    return Engine(demo_dir=family, state_dir=tmp_path / "state", device="cpu")
+    return Engine(demo_dir=family, state_dir=tmp_path / "state", export_root=tmp_path, device="cpu")
 
 
 def test_demo_family_is_discovered_or_absent(family: Path, tmp_path: Path) -> None:
@@ -123,14 +96,14 @@ def test_side_by_side_streams_every_column_like_greedy_generate(engine: Engine) 
     sel = engine.demo.selection()
     recipe = recipe_from_dict(dare_ties(sel)).to_yaml()
     cols = engine.columns(sel, recipe)
-    assert [c[0] for c in cols] == ["base", "expert_alpha", "expert_beta", "merge"]
+    assert [c.label for c in cols] == ["base", "expert_alpha", "expert_beta", "merge"]
     snapshots = list(engine.generate_side_by_side("s", cols, "alpha: abc =", GenerationSettings(max_new_tokens=6)))
     final = snapshots[-1]
     assert len(snapshots) > len(cols)  # streamed piece by piece, not one answer per column
     assert all(text.strip() for text in final)
     model, tok = load_causal_lm(sel["base"], device="cpu")
     assert final[0] == greedy_generate(model, tok, ["alpha: abc ="], max_new_tokens=6)[0]
-    with pytest.raises(RecipeError, match="prompt"):
+    with pytest.raises(InputError, match="prompt"):
         next(engine.generate_side_by_side("s", cols, "   "))
 
 
@@ -163,7 +136,7 @@ def test_export_reloads_with_transformers_and_is_in_history(engine: Engine, tmp_
     with pytest.raises(ExportError, match="exists"):
         engine.export("s", recipe.to_yaml(), str(out))
     # The history survives a restart.
-    again = Engine(demo_dir=None, state_dir=engine.state_dir)
+    again = Engine(demo_dir=None, state_dir=engine.state_dir, export_root=engine.export_root)
     assert len(again.history_table()) == len(engine.history.entries)
 
 

@@ -73,6 +73,11 @@ class MergeMethod(ABC):
     def model_params(self) -> tuple[ParamSpec, ...]:
         return tuple(p for p in self.params if p.per_model)
 
+    def needs_base_with(self, params: dict[str, Any]) -> bool:
+        """Whether θ0 is required with these (global) parameter values; a method whose base is
+        optional may need it for some settings (slerp of task vectors)."""
+        return self.needs_base
+
     def check(self, params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
         """Rules across parameters (single values are range-checked by their specs)."""
         return None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
+from fusion_ui.errors import RecipeError
 from fusion_ui.methods.base import MergeMethod, TensorContext
 from fusion_ui.methods.params import ParamSpec
 
@@ -46,11 +48,15 @@ class SlerpMerge(MergeMethod):
                   help="Interpolate the two deltas from the base instead of the weights (needs a base)."),
     )
 
+    def needs_base_with(self, params: dict[str, Any]) -> bool:
+        return bool(params.get("on_deltas"))
+
     @torch.no_grad()
     def merge(self, ctx: TensorContext) -> torch.Tensor:
         t = float(ctx.params["t"])
         a, b = ctx.models
         if ctx.params["on_deltas"]:
-            assert ctx.base is not None
+            if ctx.base is None:  # refused when the recipe is validated; kept as a clear error
+                raise RecipeError("slerp with on_deltas interpolates task vectors and needs a base: set `base:`")
             return slerp(t, a - ctx.base, b - ctx.base).add_(ctx.base)
         return slerp(t, a, b)

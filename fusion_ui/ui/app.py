@@ -2,7 +2,8 @@
 
 Each tab lives in its own module with a ``build`` function; this module only wires the events
 that cross tabs (a new model selection updates the Merge sliders, the Compare columns and the
-Export tokenizer choices; a recipe from the history goes back into the Merge tab).
+Export tokenizer choices; a recipe from the history goes back into the Merge tab), what a page
+load restores, and what a closed page frees.
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry calls
 
 import gradio as gr  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
 
 from fusion_ui import __version__  # noqa: E402
 from fusion_ui.engine import Engine, make_selection  # noqa: E402
-from fusion_ui.ui import compare, deltas, export, merge, models  # noqa: E402
-from fusion_ui.ui.shared import ENGINE_QUEUE, Shared, user_errors  # noqa: E402
+from fusion_ui.errors import FusionError  # noqa: E402
+from fusion_ui.ui import api, compare, deltas, export, merge, models  # noqa: E402
+from fusion_ui.ui.login import LoginThrottle  # noqa: E402
+from fusion_ui.ui.shared import JOB_EVENT, QUICK, Shared, session_of, user_errors  # noqa: E402
 from fusion_ui.ui.theme import RESTORE_THEME_JS, TOGGLE_DARK_JS, css, fusion_theme, logo_svg  # noqa: E402
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+RESTORED = ("Restored this browser's last recipe. Its merge is rebuilt in memory when the **Compare** tab "
+            "needs it, or click **Merge**.")
 
 
 def build_app(engine: Engine) -> gr.Blocks:
@@ -36,6 +42,8 @@ def build_app(engine: Engine) -> gr.Blocks:
             toggle = gr.Button("◐ Light / dark", size="sm", elem_id="theme-toggle", scale=0, min_width=130)
         selection = gr.State(None)
         merged = gr.State(None)
+        # What a reload of the page brings back (kept in this browser's local storage).
+        saved = gr.BrowserState({}, storage_key="fusion-ui-last-session")
         with gr.Tabs(selected="models") as tabs:
             shared = Shared(engine, selection, merged, tabs)
             with gr.Tab("1 · Models", id="models", elem_id="tab-models"):
@@ -50,85 +58,151 @@ def build_app(engine: Engine) -> gr.Blocks:
                 export_tab = export.build(shared, merge_tab)
         gr.HTML(f'<div id="app-footer">fusion_ui {__version__} · runs locally; models never leave this '
                 "machine · <code>python app.py --help</code></div>")
+        # An empty, unseen plot on the first page: the browser loads and compiles plotly.js while
+        # the Models tab is read, not when the Deltas tab first draws (seconds on two busy cores).
+        gr.Plot(go.Figure(), show_label=False, container=False, elem_classes="plotly-preload")
 
         toggle.click(None, js=TOGGLE_DARK_JS, api_name="toggle_theme", queue=False)
+        hidden: dict[str, Any] = {"api_visibility": "undocumented"}  # plumbing between tabs
 
         # -- a new selection flows into every tab -------------------------------------------------
 
-        hidden: dict[str, Any] = {"api_visibility": "undocumented"}  # plumbing between tabs
+        def for_selection(method: str, sel: dict | None, recipe: Any = None) -> dict[Any, Any]:
+            """Every tab's updates for a selection (and optionally a recipe to show)."""
+            out = merge_tab.apply(method, sel, recipe)
+            out |= dict(zip(compare_tab.outputs, compare_tab.columns(sel, None), strict=True))
+            out[export_tab.tokenizer] = export.tokenizer_choices(sel)
+            out[merged] = None
+            return out
 
-        def on_selection(method: str, sel: dict | None) -> list[Any]:
-            return merge_tab.apply(method, sel, None)
+        def refresh_merge(values: dict[Any, Any], request: gr.Request) -> Any:
+            yield from merge_tab.refresh(values, request, merge_live=False)
 
-        def quiet_compose(values: dict[Any, Any]) -> Any:
-            return merge_tab.compose(values) if values[selection] else ""
+        selection_outputs = [*merge_tab.controls, *compare_tab.outputs, export_tab.tokenizer, merged]
+        refresh_outputs = [*merge_tab.preview_outputs, merge_tab.status, merged]
+        merge_form = merge_tab.form | {selection}
 
-        def columns(sel: dict | None, recipe: str | None) -> list[Any]:
-            return compare_tab.columns(sel, recipe)
+        def prefetch(sel: dict | None, request: gr.Request) -> None:
+            engine.prefetch(session_of(request), sel)
 
-        def propagate(event: Any, suffix: str) -> Any:
-            return (
-                event.then(on_selection, [merge_tab.method, selection], merge_tab.controls,
-                           api_name=f"sliders_for_selection{suffix}", **hidden)
-                .then(quiet_compose, merge_tab.form | {selection}, merge_tab.recipe,
-                      api_name=f"recipe_for_selection{suffix}", **hidden)
-                .then(lambda: None, None, merged, api_name=f"forget_merge{suffix}", **hidden)
-                .then(columns, [selection, merged], compare_tab.outputs, api_name=f"columns_for_selection{suffix}", **hidden)
-                .then(export.tokenizer_choices, selection, export_tab.tokenizer,
-                      api_name=f"tokenizer_choices{suffix}", **hidden)
-                .then(merge_tab.preview, merge_tab.form | {selection}, [merge_tab.preview_plot, merge_tab.preview_text],
-                      api_name=f"dare_preview_for_selection{suffix}", **hidden, **ENGINE_QUEUE)
-            )
-
-        propagate(models_tab.loaded, "")
+        models_tab.loaded.success(
+            lambda method, sel: for_selection(method, sel), [merge_tab.method, selection], selection_outputs,
+            api_name="selection_to_tabs", **hidden, **QUICK,
+        ).then(prefetch, selection, None, api_name="prefetch_deltas", **hidden, **QUICK) \
+            .then(refresh_merge, merge_form, refresh_outputs, api_name="refresh_for_selection", **hidden, **JOB_EVENT)
 
         @user_errors
-        def analyse_on_open(sel: dict | None, metric: str, progress: gr.Progress = gr.Progress()) -> Any:  # noqa: B008
+        def analyse_on_open(sel: dict | None, metric: str, request: gr.Request) -> Any:
             if not sel:
-                return [gr.skip()] * len(deltas_tab.outputs)
-            return deltas_tab.run(sel, metric, progress)
+                return
+            yield from deltas_tab.run(sel, metric, request)
 
         deltas_page.select(analyse_on_open, [selection, deltas_tab.metric], deltas_tab.outputs,
-                           api_name="analyze_on_open", **hidden, **ENGINE_QUEUE)
-        merged.change(columns, [selection, merged], compare_tab.outputs, api_name="columns_for_merge", **hidden)
+                           api_name="analyze_on_open", **hidden, **JOB_EVENT)
+
+        def after_merge(sel: dict | None, state: Any) -> dict[Any, Any]:
+            out = dict(zip(compare_tab.outputs, compare_tab.columns(sel, state), strict=True))
+            return out | export_tab.history_updates(engine)
+
+        merged.change(after_merge, [selection, merged], [*compare_tab.outputs, export_tab.history,
+                                                         export_tab.history_pick],
+                      api_name="columns_for_merge", **hidden, **QUICK)
+
+        # -- a page load: the last session of this browser, or the demo family --------------------
 
         @user_errors
-        def startup(base: str, finetunes: str) -> Any:
-            if not base.strip() or not finetunes.strip():
-                return gr.skip(), gr.skip(), gr.skip()
-            return models_tab.load_models(base, finetunes)
+        def startup(base: str, finetunes: str, last: dict | None, method: str) -> dict[Any, Any]:
+            out: dict[Any, Any] = {models_tab.preset: models_tab.preset_choices(),
+                                   **export_tab.history_updates(engine)}
+            last = last if isinstance(last, dict) else {}
+            # This browser's last models first; if they are gone, the form as the page built it.
+            tries = [(str(last["base"]), str(last["finetunes"]))] if last.get("base") and last.get("finetunes") else []
+            tries.append((base, finetunes))
+            for k, (base, finetunes) in enumerate(tries):
+                if not base.strip() or not finetunes.strip():
+                    return out
+                try:
+                    table, verdict, sel = models_tab.load_models(base, finetunes)
+                    break
+                except FusionError:
+                    if k == len(tries) - 1:
+                        raise
+                    last = {}
+            out |= {models_tab.base: base, models_tab.finetunes: finetunes, models_tab.table: table,
+                    models_tab.verdict: verdict, selection: sel}
+            recipe = _restorable(engine, last.get("recipe"), sel)
+            out |= for_selection(recipe.method if recipe else method, sel, recipe)
+            if recipe is not None:
+                out |= {merge_tab.recipe: recipe.to_yaml(), merge_tab.status: RESTORED}
+                if isinstance(last.get("merged"), dict) and last["merged"].get("recipe"):
+                    out[merged] = last["merged"]
+            return out
 
-        propagate(app.load(startup, [models_tab.base, models_tab.finetunes],
-                           [models_tab.table, models_tab.verdict, selection], api_name="startup"), "_startup")
+        startup_outputs = [models_tab.preset, export_tab.history, export_tab.history_pick, models_tab.base,
+                           models_tab.finetunes, models_tab.table, models_tab.verdict, selection,
+                           merge_tab.recipe, merge_tab.status, *selection_outputs]
+        app.load(startup, [models_tab.base, models_tab.finetunes, saved, merge_tab.method], startup_outputs,
+                 api_name="startup", **QUICK) \
+            .then(prefetch, selection, None, api_name="prefetch_deltas_on_start", **hidden, **QUICK) \
+            .then(refresh_merge, merge_form, refresh_outputs, api_name="refresh_on_start", **hidden, **JOB_EVENT)
+
+        def remember(recipe_text: str, state: Any, sel: dict | None) -> dict[str, Any]:
+            if not sel:
+                return gr.skip()
+            return {"base": sel["base"], "finetunes": "\n".join(sel["models"]), "recipe": recipe_text,
+                    "merged": state}
+
+        for trigger in (merge_tab.recipe.change, merged.change):
+            trigger(remember, [merge_tab.recipe, merged, selection], saved, api_name="remember", queue=False,
+                    **hidden, **QUICK)
 
         # -- a recipe from the history goes back into the Merge tab --------------------------------
 
         @user_errors
-        def load_history(entry: float | None) -> list[Any]:
-            if entry is None:
-                raise gr.Error("Pick a merge in the history table (or type its number) first.")
-            text = engine.history_recipe(int(entry))
+        def load_history(entry: Any) -> dict[Any, Any]:
+            if entry is None or entry == "":
+                raise gr.Error("Pick a merge from the history first.")
+            try:
+                entry_id = int(str(entry).lstrip("#").split()[0])
+            except (ValueError, IndexError):
+                raise gr.Error(f"{entry!r} is not a merge of the history: pick one from the list.") from None
+            text = engine.history_recipe(entry_id)
             recipe = engine.parse_recipe(text)
             if not recipe.base:
                 raise gr.Error("This recipe has no base model; the app needs one to preview it.")
             sel = make_selection(recipe.base, [m.model for m in recipe.models])
-            return [text, sel, recipe.base, "\n".join(sel["models"]), None]
+            out = for_selection(recipe.method, sel, recipe)
+            return out | {merge_tab.recipe: text, selection: sel, models_tab.base: recipe.base,
+                          models_tab.finetunes: "\n".join(sel["models"]), tabs: gr.Tabs(selected="merge")}
 
-        @user_errors
-        def apply_recipe(text: str, sel: dict | None) -> list[Any]:
-            recipe = engine.parse_recipe(text)
-            return merge_tab.apply(recipe.method, sel, recipe)
+        export_tab.reload.click(
+            load_history, export_tab.history_pick,
+            [*selection_outputs, merge_tab.recipe, selection, models_tab.base, models_tab.finetunes, tabs],
+            api_name="load_history", **QUICK,
+        ).success(refresh_merge, merge_form, refresh_outputs, api_name="refresh_for_history", **hidden,
+                  **JOB_EVENT)
 
-        (
-            export_tab.reload.click(load_history, export_tab.history_id,
-                                    [merge_tab.recipe, selection, models_tab.base, models_tab.finetunes, merged],
-                                    api_name="load_history")
-            .success(apply_recipe, [merge_tab.recipe, selection], merge_tab.controls, api_name="apply_recipe")
-            .then(columns, [selection, merged], compare_tab.outputs, api_name="columns_for_history", **hidden)
-            .then(export.tokenizer_choices, selection, export_tab.tokenizer, api_name="tokenizer_for_history", **hidden)
-            .then(lambda: gr.Tabs(selected="merge"), None, tabs, api_name="show_merge_tab", **hidden)
-        )
+        # -- a closed page frees what it held ------------------------------------------------------
+
+        def end_session(request: gr.Request) -> None:
+            engine.end_session(session_of(request))
+
+        app.unload(end_session)
+        api.register(engine)
     return app
+
+
+def _restorable(engine: Engine, text: Any, sel: dict[str, Any]) -> Any:
+    """The saved recipe, if it still parses and merges models of this selection (else None)."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        recipe = engine.parse_recipe(text)
+    except FusionError:
+        return None
+    if recipe.base != sel["base"] or not {m.model for m in recipe.models} <= set(sel["models"]):
+        return None
+    return recipe
 
 
 def listen_problem(host: str, share: bool, auth: str | None) -> str | None:
@@ -155,15 +229,21 @@ def launch(
     auth: str | None = None,
     inbrowser: bool = False,
     block: bool = True,
+    login: LoginThrottle | None = None,
 ) -> Any:
-    """Start the server (offline: system fonts, no analytics, no server-side rendering)."""
+    """Start the server (offline: system fonts, no analytics, no server-side rendering).
+
+    With ``auth``, logins go through a :class:`LoginThrottle` (``login`` to pass your own).
+    """
     problem = listen_problem(host, share, auth)
     if problem is not None:
         raise SystemExit(f"fusion_ui: {problem}")
-    credentials = tuple(auth.split(":", 1)) if auth else None
+    if auth and login is None:
+        user, password = auth.split(":", 1)
+        login = LoginThrottle(user, password)
     app.queue(default_concurrency_limit=4)
     return app.launch(
-        server_name=host, server_port=port, share=share, auth=credentials, inbrowser=inbrowser,
+        server_name=host, server_port=port, share=share, auth=login, inbrowser=inbrowser,
         prevent_thread_lock=not block, theme=fusion_theme(), css=css(), js=RESTORE_THEME_JS,
         ssr_mode=False, show_error=True, quiet=not block, footer_links=["api", "settings"],
     )

@@ -15,24 +15,26 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
-import plotly.graph_objects as go
 
 from fusion_ui.engine import GenerationSettings
+from fusion_ui.figures import score_chart
+from fusion_ui.runtime import JobState
 from fusion_ui.ui.shared import (
-    ENGINE_QUEUE,
+    JOB_EVENT,
     MAX_COLUMNS,
     Shared,
-    progress_callback,
+    failed_line,
+    follow,
+    message_of,
     require_selection,
+    running_line,
     session_of,
+    stop_line,
+    stopped_line,
     user_errors,
 )
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "ui"
-# Okabe-Ito, as the delta figures: colour-blind safe.
-_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#F0E442", "#000000")
-
-
 def example_prompts() -> list[tuple[str, str]]:
     """(label, prompt) pairs from ``assets/ui/example_prompts.json`` (empty if it is missing)."""
     try:
@@ -42,49 +44,40 @@ def example_prompts() -> list[tuple[str, str]]:
     return [(f"{p['skill']} · {p['prompt']}", p["prompt"]) for p in data.get("prompts", [])]
 
 
-def score_chart(scores: pd.DataFrame, metric: str = "exact_match") -> go.Figure:
-    """Grouped bars: one group per skill, one bar per model."""
-    fig = go.Figure()
-    for k, (model, group) in enumerate(scores.groupby("model", sort=False)):
-        fig.add_bar(x=group["skill"], y=100 * group[metric], name=str(model),
-                    marker_color=_COLOURS[k % len(_COLOURS)],
-                    text=[f"{100 * v:.0f}%" for v in group[metric]], textposition="outside")
-    fig.update_layout(
-        title={"text": f"{metric.replace('_', ' ')} per skill (%)", "x": 0.01},
-        template="plotly_white", barmode="group", height=380, yaxis={"range": [0, 110], "title": "%"},
-        margin={"l": 50, "r": 20, "t": 60, "b": 40}, legend={"orientation": "h", "y": -0.15},
-    )
-    return fig
-
-
 @dataclass
 class CompareTab:
     prompt: gr.Textbox
     generate: gr.Button
     outputs: list[gr.Textbox]
+    status: gr.Markdown
     scores: gr.Dataframe
     chart: gr.Plot
-    # (selection, merged recipe) -> updates of ``outputs``: one visible, labelled column per model
-    columns: Callable[[dict | None, str | None], list[Any]]
+    # (selection, merged) -> updates of ``outputs``: one visible, labelled column per model
+    columns: Callable[[dict | None, Any], list[Any]]
 
 
 def build(shared: Shared) -> CompareTab:
     engine = shared.engine
     examples = example_prompts()
+    limits = engine.limits
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             preset = gr.Dropdown(examples, value=None, label="Example prompts (one per demo skill)",
                                  elem_id="example-prompt")
-            prompt = gr.Textbox(examples[0][1] if examples else "", label="Prompt", lines=2, elem_id="prompt")
+            prompt = gr.Textbox(examples[0][1] if examples else "", label="Prompt (Enter generates, Shift+Enter "
+                                "adds a line)", lines=1, max_lines=8, elem_id="prompt")
         with gr.Column(scale=2):
             with gr.Row():
-                max_tokens = gr.Slider(1, 256, value=24, step=1, label="max new tokens")
+                max_tokens = gr.Slider(1, limits.max_new_tokens, value=24, step=1, label="max new tokens")
                 greedy = gr.Checkbox(True, label="greedy (comparable runs)")
             with gr.Row():
                 temperature = gr.Slider(0.05, 2.0, value=0.8, step=0.05, label="temperature (sampling)")
-                sample_seed = gr.Number(0, precision=0, label="sampling seed")
+                sample_seed = gr.Number(0, precision=0, minimum=0, label="sampling seed")
                 stop_nl = gr.Checkbox(True, label="stop at end of line")
-    generate = gr.Button("Generate side by side", variant="primary", elem_id="generate")
+    with gr.Row():
+        generate = gr.Button("Generate side by side", variant="primary", elem_id="generate", scale=3)
+        stop = gr.Button("Stop", variant="stop", elem_id="compare-stop", scale=1)
+    status = gr.Markdown("", elem_id="compare-status", elem_classes="status")
     with gr.Row(elem_classes="columns"):
         outputs = [
             gr.Textbox(label=f"model {i}", lines=3, interactive=False, visible=False, min_width=180,
@@ -103,40 +96,83 @@ def build(shared: Shared) -> CompareTab:
         with gr.Row(equal_height=False):
             scores = gr.Dataframe(pd.DataFrame({"model": [], "score (%)": []}), label="Scores (exact match, %)",
                                   interactive=False, elem_id="scores")
-            chart = gr.Plot(label="Scores", elem_id="score-chart")
+            chart = gr.Plot(label="Scores", show_label=False, elem_id="score-chart")
 
-    def columns(selection: dict | None, merged: str | None) -> list[Any]:
+    def columns(selection: dict | None, merged: Any) -> list[Any]:
         cols = engine.columns(selection, merged)
         return [
-            gr.update(visible=True, label=cols[i][0], value="") if i < len(cols) else gr.update(visible=False)
+            gr.update(visible=True, label=cols[i].label, value="") if i < len(cols) else gr.update(visible=False)
             for i in range(MAX_COLUMNS)
         ]
 
     @user_errors
-    def run(prompt: str, max_new: int, greedy_on: bool, temp: float, seed_value: float, stop: bool,
-            selection: dict | None, merged: str | None, request: gr.Request) -> Iterator[list[str]]:
-        cols = engine.columns(require_selection(selection), merged)
-        settings = GenerationSettings(int(max_new), bool(greedy_on), float(temp), int(seed_value or 0), bool(stop))
-        for texts in engine.generate_side_by_side(session_of(request), cols, prompt, settings):
-            yield texts + [""] * (MAX_COLUMNS - len(texts))
+    def run(prompt_text: str, max_new: float, greedy_on: bool, temp: float, seed_value: float, stop_at_nl: bool,
+            selection: dict | None, merged: Any, request: gr.Request) -> Iterator[list[Any]]:
+        session = session_of(request)
+        cols = engine.columns(require_selection(selection), merged or engine.session_merge(session))
+        try:
+            settings = GenerationSettings.checked(max_new, greedy_on, temp, seed_value, stop_at_nl,
+                                                  limits=limits)
+            job = engine.start_generation(session, cols, prompt_text, settings)
+        except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
+            yield [failed_line(message_of(exc)), *[gr.skip()] * MAX_COLUMNS]
+            raise
+        texts = [""] * len(cols)
+        seen = 0
+        for view in follow(job, every=0.2):
+            pieces = job.items(seen)
+            seen += len(pieces)
+            for i, piece in pieces:
+                texts[i] += piece
+            padded = texts + [""] * (MAX_COLUMNS - len(texts))
+            if not view.state.final:
+                yield [running_line(view, "generating"), *padded]
+            elif view.state is JobState.FINISHED:
+                yield [f'<span class="ok-dot"></span> Generated with {len(cols)} models in {view.seconds:.1f} s.',
+                       *padded]
+            elif view.state is JobState.CANCELLED:
+                yield [stopped_line(view, "generation"), *padded]
+            else:
+                yield [failed_line(message_of(view.error)), *padded]
+                raise gr.Error(message_of(view.error), title="Cannot do that yet")
 
     @user_errors
-    def score_all(chosen: list[str], file: str | None, n: int, selection: dict | None, merged: str | None,
-                  request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[pd.DataFrame, go.Figure]:  # noqa: B008
-        cols = engine.columns(require_selection(selection), merged)
-        items = engine.eval_items(chosen or [], file)
-        results = engine.evaluate(session_of(request), cols, items, per_skill=int(n),
-                                  progress=progress_callback(progress, ""))
-        table = results.pivot(index="model", columns="skill", values="exact_match")
-        table = table.loc[results["model"].unique(), results["skill"].unique()]
-        shown = (100 * table).round(1).reset_index()
-        return shown, score_chart(results)
+    def score_all(chosen: list[str], file: str | None, n: float, selection: dict | None, merged: Any,
+                  request: gr.Request) -> Iterator[dict[Any, Any]]:
+        session = session_of(request)
+        try:
+            cols = engine.columns(require_selection(selection), merged or engine.session_merge(session))
+            items = engine.eval_items(chosen or [], file)
+            job = engine.start_evaluation(session, cols, items, per_skill=int(n))
+        except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
+            yield {status: failed_line(message_of(exc))}
+            raise
+        for view in follow(job):
+            if not view.state.final:
+                yield {status: running_line(view, "scoring")}
+            elif view.state is JobState.FINISHED:
+                results = job.result
+                table = results.pivot(index="model", columns="skill", values="exact_match")
+                table = table.loc[results["model"].unique(), results["skill"].unique()]
+                shown = (100 * table).round(1).reset_index()
+                yield {status: f'<span class="ok-dot"></span> Scored {len(cols)} models in {view.seconds:.1f} s.',
+                       scores: shown, chart: score_chart(results)}
+            elif view.state is JobState.CANCELLED:
+                yield {status: stopped_line(view, "scoring")}
+            else:
+                yield {status: failed_line(message_of(view.error))}
+                raise gr.Error(message_of(view.error), title="Cannot do that yet")
 
+    def stop_work(request: gr.Request) -> str:
+        session = session_of(request)
+        return stop_line(engine.stop(session), engine.last_job(session))
+
+    gen_inputs = [prompt, max_tokens, greedy, temperature, sample_seed, stop_nl, shared.selection, shared.merged]
     preset.input(lambda p: p, preset, prompt, api_name="use_example", queue=False)
-    generate.click(run, [prompt, max_tokens, greedy, temperature, sample_seed, stop_nl, shared.selection,
-                         shared.merged], outputs, api_name="generate", **ENGINE_QUEUE)
-    prompt.submit(run, [prompt, max_tokens, greedy, temperature, sample_seed, stop_nl, shared.selection,
-                        shared.merged], outputs, api_name="generate_on_enter", **ENGINE_QUEUE)
-    score.click(score_all, [sets, upload, per_skill, shared.selection, shared.merged], [scores, chart],
-                api_name="evaluate", **ENGINE_QUEUE)
-    return CompareTab(prompt, generate, outputs, scores, chart, columns)
+    generating = generate.click(run, gen_inputs, [status, *outputs], api_name="generate", **JOB_EVENT)
+    submitted = prompt.submit(run, gen_inputs, [status, *outputs], api_name="generate_on_enter", **JOB_EVENT)
+    scoring = score.click(score_all, [sets, upload, per_skill, shared.selection, shared.merged],
+                          [status, scores, chart], api_name="evaluate", **JOB_EVENT)
+    stop.click(stop_work, None, status, api_name="stop_compare", queue=False,
+               cancels=[generating, submitted, scoring])
+    return CompareTab(prompt, generate, outputs, status, scores, chart, columns)

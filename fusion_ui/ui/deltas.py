@@ -8,11 +8,20 @@ from typing import Any
 
 import gradio as gr
 
+from fusion_ui.engine import DEFAULT_HEATMAP_METRIC
+from fusion_ui.runtime import JobState
 from fusion_ui.ui.shared import (
-    ENGINE_QUEUE,
+    JOB_EVENT,
+    QUICK,
     Shared,
-    progress_callback,
+    failed_line,
+    follow,
+    message_of,
     require_selection,
+    running_line,
+    session_of,
+    stop_line,
+    stopped_line,
     user_errors,
 )
 
@@ -24,8 +33,9 @@ _VERDICT_CLASS = {"safe": "ok", "caution": "warn"}
 @dataclass
 class DeltasTab:
     analyse: gr.Button
-    run: Callable[..., list[Any]]  # analyse_all(selection, metric): every output of the tab
+    run: Callable[..., Any]  # analyse_all(selection, metric, request): a generator of the tab's outputs
     outputs: list[Any]
+    status: gr.Markdown
     metric: gr.Dropdown
     verdicts: gr.Markdown
     summary: gr.Dataframe
@@ -49,49 +59,74 @@ def build(shared: Shared) -> DeltasTab:
         "rescale the rest) works while |δ| stays mostly below **0.005** and fails above **0.01**: "
         "the dashed and solid lines.", elem_classes="tab-intro",
     )
-    analyse = gr.Button("Analyse deltas", variant="primary", elem_id="analyse-deltas")
+    with gr.Row():
+        analyse = gr.Button("Analyse deltas", variant="primary", elem_id="analyse-deltas", scale=3)
+        stop = gr.Button("Stop", variant="stop", elem_id="deltas-stop", scale=1)
+    status = gr.Markdown("", elem_id="deltas-status", elem_classes="status")
     verdicts = gr.Markdown(elem_id="dare-verdicts")
-    histogram = gr.Plot(label="|δ| histograms, whole model", elem_id="delta-histogram")
+    histogram = gr.Plot(label="|δ| histograms, whole model", show_label=False, elem_id="delta-histogram")
     with gr.Row():
         model = gr.Dropdown([], label="Fine-tune", elem_id="delta-model")
-        metric = gr.Dropdown([(v, k) for k, v in engine.heatmap_metrics().items()], value="median_abs",
+        metric = gr.Dropdown([(v, k) for k, v in engine.heatmap_metrics().items()], value=DEFAULT_HEATMAP_METRIC,
                              label="Heatmap colour")
     with gr.Row(equal_height=False):
-        heatmap = gr.Plot(label="layer × module", elem_id="delta-heatmap")
+        heatmap = gr.Plot(label="layer × module", show_label=False, elem_id="delta-heatmap")
         with gr.Column():
             gr.Markdown("**Where DARE is most at risk** (click a row to drill down)")
             top = gr.Dataframe(interactive=False, max_height=380, elem_id="top-tensors")
     with gr.Row():
-        cosine = gr.Plot(label="cosine of task vectors")
-        conflict = gr.Plot(label="sign conflicts")
+        cosine = gr.Plot(label="cosine of task vectors", show_label=False)
+        conflict = gr.Plot(label="sign conflicts", show_label=False)
     gr.Markdown("### Drill down")
     with gr.Row():
         tensor = gr.Dropdown([], label="Tensor", allow_custom_value=False, elem_id="delta-tensor")
         layer = gr.Dropdown([(ALL, ALL)], value=ALL, label="…or a layer")
         kind = gr.Dropdown([ALL], value=ALL, label="…and a module kind")
-    drill = gr.Plot(label="|δ| histograms of the chosen scope", elem_id="delta-drill")
+    drill = gr.Plot(label="|δ| histograms of the chosen scope", show_label=False, elem_id="delta-drill")
     summary = gr.Dataframe(label="Verdict per fine-tune", interactive=False, visible=False)
 
-    @user_errors
-    def analyse_all(selection: dict | None, metric_key: str, progress: gr.Progress = gr.Progress()) -> list[Any]:  # noqa: B008
-        sel = require_selection(selection)
-        view = engine.delta_overview(sel, "", metric_key, progress=progress_callback(progress, "analysing"))
+    def overview(sel: dict[str, Any], metric_key: str) -> dict[Any, Any]:
+        view = engine.delta_overview(sel, "", metric_key)
         layers = [(ALL, ALL)] + [(label, str(v)) for label, v in view["layers"]]
-        return [
-            verdict_cards(view["summary"]), view["summary"], view["histogram"],
-            gr.update(choices=view["models"], value=view["model"]), view["heatmap"], view["top"],
-            view["cosine"], view["conflict"], gr.update(choices=view["tensors"], value=None),
-            gr.update(choices=layers, value=ALL), gr.update(choices=[ALL, *view["kinds"]], value=ALL),
-        ]
+        return {
+            verdicts: verdict_cards(view["summary"]), summary: view["summary"], histogram: view["histogram"],
+            model: gr.update(choices=view["models"], value=view["model"]), heatmap: view["heatmap"],
+            top: view["top"], cosine: view["cosine"], conflict: view["conflict"],
+            tensor: gr.update(choices=view["tensors"], value=None),
+            layer: gr.update(choices=layers, value=ALL), kind: gr.update(choices=[ALL, *view["kinds"]], value=ALL),
+        }
+
+    @user_errors
+    def analyse_all(selection: dict | None, metric_key: str, request: gr.Request) -> Any:
+        """The analysis (a job, unless it is cached), then every figure of the tab."""
+        sel = require_selection(selection)
+        if engine.cached_report(sel) is None:
+            job = engine.start_delta_report(session_of(request), sel, figures_for=metric_key)
+            for view in follow(job):
+                if not view.state.final:
+                    yield {status: running_line(view, "analysing")}
+                elif view.state is JobState.CANCELLED:
+                    yield {status: stopped_line(view, "analysis")}
+                    return
+                elif view.state is JobState.FAILED:
+                    yield {status: failed_line(message_of(view.error))}
+                    raise gr.Error(message_of(view.error), title="Cannot do that yet")
+        yield {status: "", **overview(sel, metric_key)}
+
+    def analysed(selection: dict | None) -> dict[str, Any]:
+        sel = require_selection(selection)
+        if engine.cached_report(sel) is None:
+            raise gr.Error("Click **Analyse deltas** first (the analysis of these models is not in memory).")
+        return sel
 
     @user_errors
     def model_view(selection: dict | None, label: str, metric_key: str) -> list[Any]:
-        view = engine.delta_overview(require_selection(selection), label, metric_key)
+        view = engine.delta_overview(analysed(selection), label, metric_key)
         return [view["heatmap"], view["top"], gr.update(choices=view["tensors"])]
 
     @user_errors
     def drilldown(selection: dict | None, name: str | None, layer_key: str, kind_key: str) -> Any:
-        sel = require_selection(selection)
+        sel = analysed(selection)
         if name:
             return engine.delta_drilldown(sel, tensor=name)
         return engine.delta_drilldown(
@@ -103,17 +138,22 @@ def build(shared: Shared) -> DeltasTab:
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         return table.iloc[row]["tensor"]
 
-    outputs = [verdicts, summary, histogram, model, heatmap, top, cosine, conflict, tensor, layer, kind]
-    analyse.click(analyse_all, [shared.selection, metric], outputs, api_name="analyze_deltas", **ENGINE_QUEUE)
+    def stop_work(request: gr.Request) -> str:
+        session = session_of(request)
+        return stop_line(engine.stop(session), engine.last_job(session))
+
+    outputs = [status, verdicts, summary, histogram, model, heatmap, top, cosine, conflict, tensor, layer, kind]
+    analysing = analyse.click(analyse_all, [shared.selection, metric], outputs, api_name="analyze_deltas",
+                              **JOB_EVENT)
+    stop.click(stop_work, None, status, api_name="stop_deltas", queue=False, cancels=[analysing])
+    # Views of a report already in memory: no job, no queue behind other work.
     for trigger in (model.input, metric.input):
         trigger(model_view, [shared.selection, model, metric], [heatmap, top, tensor],
-                api_name="delta_model_view", **ENGINE_QUEUE)
-    top.select(pick_row, top, tensor, api_name="pick_tensor").then(
-        drilldown, [shared.selection, tensor, layer, kind], drill, api_name="drilldown_tensor", **ENGINE_QUEUE)
-    tensor.input(drilldown, [shared.selection, tensor, layer, kind], drill, api_name="drilldown",
-                 **ENGINE_QUEUE)
+                api_name="delta_model_view", **QUICK)
+    top.select(pick_row, top, tensor, api_name="pick_tensor", **QUICK).then(
+        drilldown, [shared.selection, tensor, layer, kind], drill, api_name="drilldown_tensor", **QUICK)
+    tensor.input(drilldown, [shared.selection, tensor, layer, kind], drill, api_name="drilldown", **QUICK)
     for ctl in (layer, kind):
         ctl.input(lambda: None, None, tensor, api_name="clear_tensor", queue=False).then(
-            drilldown, [shared.selection, tensor, layer, kind], drill, api_name="drilldown_scope",
-            **ENGINE_QUEUE)
-    return DeltasTab(analyse, analyse_all, outputs, metric, verdicts, summary, histogram)
+            drilldown, [shared.selection, tensor, layer, kind], drill, api_name="drilldown_scope", **QUICK)
+    return DeltasTab(analyse, analyse_all, outputs, status, metric, verdicts, summary, histogram)

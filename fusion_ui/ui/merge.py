@@ -4,11 +4,17 @@ No method is named here: the controls are the union of every registered method's
 (one control per global parameter, one per fine-tune slot for per-model ones), shown, ranged
 and labelled from the chosen method's schema. A new method in ``fusion_ui.methods`` gets its
 sliders without UI code.
+
+Every change of a control recomposes the recipe (checked by the engine; a problem shows in the
+line under the buttons, not as a toast), refreshes the DARE preview and, with *live* on,
+re-merges. **Merge** and **Stop** act on this session's jobs only; the status line always ends
+in a final state (merged, stopped or failed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import html
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,19 +22,29 @@ import gradio as gr
 import yaml
 
 from fusion_ui.engine import Engine
+from fusion_ui.errors import FusionError
+from fusion_ui.runtime import JobState
 from fusion_ui.ui.shared import (
-    ENGINE_QUEUE,
+    JOB_EVENT,
     MAX_MODELS,
+    QUICK,
     Shared,
-    progress_callback,
+    failed_line,
+    follow,
+    message_of,
     require_selection,
+    running_line,
     session_of,
+    stop_line,
+    stopped_line,
     user_errors,
 )
 
 DEFAULT_METHOD = "dare_ties"
 DTYPES = {"same as the base": "", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 NO_RAMP = "none"
+NOT_MERGED = "Not merged yet. Set the sliders, then **Merge** (in memory; nothing is written)."
+ALLOW_LARGE_LABEL = "merge even if a model does not look like a fine-tune of the base"
 
 
 def _params_union(schemas: dict[str, dict[str, Any]]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -51,15 +67,21 @@ def _control(spec: dict[str, Any], *, elem_id: str) -> gr.components.Component:
     return gr.Slider(**_range(spec), label=label, info=info, elem_id=elem_id)
 
 
-def _range(spec: dict[str, Any]) -> dict[str, Any]:
-    lo = spec["minimum"] if spec["minimum"] is not None else -10.0
-    hi = spec["maximum"] if spec["maximum"] is not None else 10.0
+def _range(spec: dict[str, Any], value: Any = None) -> dict[str, Any]:
+    """Slider ends from the spec: its slider range where it has one (the useful values), else
+    the allowed range; widened to hold ``value`` (a recipe may give more than the slider shows)."""
+    lo, hi = spec.get("slider_range") or (spec["minimum"], spec["maximum"])
+    lo = lo if lo is not None else -10.0
+    hi = hi if hi is not None else 10.0
     step = 1 if spec["kind"] == "int" else (spec.get("step") or 0.01)
-    if not spec.get("max_inclusive", True):
+    if hi == spec["maximum"] and not spec.get("max_inclusive", True):
         hi = hi - step  # sliders cannot express an open interval: stop one step short
-    if not spec.get("min_inclusive", True):
+    if lo == spec["minimum"] and not spec.get("min_inclusive", True):
         lo = lo + step
-    return {"minimum": lo, "maximum": hi, "step": step, "value": spec["default"]}
+    value = spec["default"] if value is None else value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        lo, hi = min(lo, value), max(hi, value)
+    return {"minimum": lo, "maximum": hi, "step": step, "value": value}
 
 
 def _update(spec: dict[str, Any], *, visible: bool, value: Any = None) -> Any:
@@ -70,7 +92,7 @@ def _update(spec: dict[str, Any], *, visible: bool, value: Any = None) -> Any:
         return gr.update(visible=visible, label=label, info=info, value=bool(value))
     if spec["kind"] == "choice":
         return gr.update(visible=visible, label=label, info=info, choices=list(spec["choices"]), value=value)
-    return gr.update(visible=visible, label=label, info=info, **{**_range(spec), "value": value})
+    return gr.update(visible=visible, label=label, info=info, **_range(spec, value))
 
 
 def _globs(text: str) -> list[str]:
@@ -97,26 +119,30 @@ class MergeTab:
     overrides: gr.Code
     dtype: gr.Dropdown
     as_written: gr.Checkbox
+    allow_large: gr.Checkbox
     recipe: gr.Code
+    note: gr.Markdown
     live: gr.Checkbox
     merge: gr.Button
     stop: gr.Button
     status: gr.Markdown
+    preview_box: gr.Accordion
     preview_model: gr.Dropdown
     preview_plot: gr.Plot
     preview_text: gr.Markdown
-    # Set by build(): compose(values) -> recipe YAML; apply(method, selection, recipe) -> updates
-    # of ``controls`` (other tabs chain them onto their events).
-    compose: Callable[[dict[Any, Any]], Any] = field(repr=False, default=lambda _: None)
-    apply: Callable[[str, dict | None, Any], list[Any]] = field(repr=False, default=lambda *_: [])
-    preview: Callable[[dict[Any, Any]], Any] = field(repr=False, default=lambda _: None)  # DARE preview
+    # Set by build(): compose(values) -> recipe YAML (raises on a problem); apply(method,
+    # selection, recipe) -> {control: update}; refresh(values) -> updates of the recipe, its
+    # note and the DARE preview (other tabs chain them onto their events).
+    compose: Callable[[dict[Any, Any]], str] = field(repr=False, default=lambda _: "")
+    apply: Callable[[str, dict | None, Any], dict[Any, Any]] = field(repr=False, default=lambda *_: {})
+    refresh: Callable[..., Any] = field(repr=False, default=lambda *_: None)
 
     @property
     def form(self) -> set[Any]:
         """Every input the recipe is composed from."""
         comps: set[Any] = {self.method, self.seed, self.include, self.exclude, self.ramp_param,
                            self.ramp_first, self.ramp_last, self.overrides, self.dtype, self.as_written,
-                           self.preview_model}
+                           self.preview_model, self.recipe, self.live, self.allow_large}
         comps |= set(self.use) | set(self.global_.values())
         for controls in self.per_model.values():
             comps |= set(controls)
@@ -124,14 +150,19 @@ class MergeTab:
 
     @property
     def controls(self) -> list[Any]:
-        """Everything ``apply`` sets, in a fixed order."""
-        out: list[Any] = [self.method, self.about, *self.slots, *self.names, *self.use]
+        """Everything ``apply`` sets."""
+        out: list[Any] = [self.method, self.about, self.preview_box, *self.slots, *self.names, *self.use]
         for name in sorted(self.per_model):
             out += self.per_model[name]
         out += [self.global_[n] for n in sorted(self.global_)]
         out += [self.seed, self.include, self.exclude, self.ramp_param, self.ramp_first, self.ramp_last,
                 self.overrides, self.dtype, self.as_written, self.preview_model]
         return out
+
+    @property
+    def preview_outputs(self) -> list[Any]:
+        """What a refresh writes: the recipe, its note and the DARE preview."""
+        return [self.recipe, self.note, self.preview_model, self.preview_plot, self.preview_text]
 
 
 def build(shared: Shared) -> MergeTab:
@@ -175,14 +206,20 @@ def build(shared: Shared) -> MergeTab:
         stop = gr.Button("Stop", variant="stop", elem_id="stop-button", scale=1)
         live = gr.Checkbox(False, label="live: re-merge when a slider is released (small models only)",
                            elem_id="live", scale=3)
-    status = gr.Markdown("Not merged yet. Set the sliders, then **Merge** (in memory; nothing is written).",
-                         elem_id="merge-status", elem_classes="status")
+    note = gr.Markdown("", elem_id="recipe-note", elem_classes="recipe-note")
+    status = gr.Markdown(NOT_MERGED, elem_id="merge-status", elem_classes="status")
+    allow_large = gr.Checkbox(
+        False, label=ALLOW_LARGE_LABEL, elem_id="allow-large-deltas",
+        info="Only if you know these models share this base: merging a model that is not a fine-tune "
+             "of it gives weights that produce noise. Applies to Merge and Export.",
+    )
 
-    with gr.Accordion("DARE preview: what the drop does to one tensor's deltas", open=True):
+    with gr.Accordion("DARE preview: what the drop does to one tensor's deltas", open=True,
+                      visible=engine.previewable(default["name"])) as preview_box:
         with gr.Row():
             preview_model = gr.Dropdown([], label="Fine-tune", scale=1, elem_id="preview-model")
-            preview_text = gr.Markdown(elem_classes="preview-text")
-        preview_plot = gr.Plot(label="|δ| before and after drop-and-rescale", elem_id="dare-preview")
+            preview_text = gr.Markdown(elem_classes="preview-text", elem_id="preview-text")
+        preview_plot = gr.Plot(label="|δ| before and after drop-and-rescale", show_label=False, elem_id="dare-preview")
 
     with gr.Accordion("Advanced: layer ramps, include/exclude, overrides, dtype, the recipe", open=False):
         with gr.Row():
@@ -200,21 +237,21 @@ def build(shared: Shared) -> MergeTab:
             overrides = gr.Code("", language="yaml", label="Overrides (YAML list)", lines=3,
                                 elem_id="overrides")
             dtype = gr.Dropdown(list(DTYPES), value="same as the base", label="Output dtype")
-        as_written = gr.Checkbox(False, label="Merge the recipe below as written (ignore the controls above)")
+        as_written = gr.Checkbox(False, label="Merge the recipe below as written (ignore the controls above)",
+                                 elem_id="as-written")
         recipe = gr.Code("", language="yaml", label="Recipe (what Merge and Export use)", lines=12,
                          interactive=True, elem_id="recipe")
 
     tab = MergeTab(method, about, slots, names, use, per_model, global_, seed, include, exclude, ramp_param,
-                   ramp_first, ramp_last, overrides, dtype, as_written, recipe, live, merge, stop, status,
-                   preview_model, preview_plot, preview_text)
+                   ramp_first, ramp_last, overrides, dtype, as_written, allow_large, recipe, note, live, merge,
+                   stop, status, preview_box, preview_model, preview_plot, preview_text)
 
-    # -- handlers ------------------------------------------------------------------------------
+    # -- composing the recipe ------------------------------------------------------------------
 
-    @user_errors
-    def compose(values: dict[Any, Any]) -> Any:
-        """The recipe YAML from the controls (validated by the engine)."""
+    def compose(values: dict[Any, Any]) -> str:
+        """The recipe YAML from the controls, checked by the engine (raises on a problem)."""
         if values[as_written]:
-            return gr.skip()
+            return engine.parse_recipe(values[recipe] or "").to_yaml()
         sel = require_selection(values[shared.selection])
         schema = schemas[values[method]]
         specs = {p["name"]: p for p in schema["params"]}
@@ -230,7 +267,7 @@ def build(shared: Shared) -> MergeTab:
                     entry[name] = ramp_values if name == ramp else _plain(values[per_model[name][i]], spec)
             models.append(entry)
         if not models:
-            raise gr.Error("Tick \"use in the merge\" for at least one fine-tune.")
+            raise gr.Error("Tick “use in the merge” for at least one fine-tune.")
         parameters = {n: _plain(values[global_[n]], s) for n, s in specs.items() if not s["per_model"]}
         if ramp and not specs[ramp]["per_model"]:
             parameters[ramp] = ramp_values
@@ -243,7 +280,7 @@ def build(shared: Shared) -> MergeTab:
             "base": sel["base"],
             "models": models,
             "parameters": parameters,
-            "seed": int(values[seed] or 0),
+            "seed": _seed(values[seed]),
             "include": _globs(values[include] or ""),
             "exclude": _globs(values[exclude] or ""),
             "overrides": extra,
@@ -254,76 +291,120 @@ def build(shared: Shared) -> MergeTab:
 
     tab.compose = compose
 
-    @user_errors
-    def run_merge(recipe_yaml: str, request: gr.Request, progress: gr.Progress = gr.Progress()) -> tuple[str, str]:  # noqa: B008
-        """Merge into this session's preview model (memory only)."""
-        if not recipe_yaml.strip():
-            raise gr.Error("There is no recipe yet: load models in the Models tab first.")
-        result = engine.merge_preview(session_of(request), recipe_yaml,
-                                      progress=progress_callback(progress, "merging"))
-        return _status(result), result.recipe_yaml
+    def quiet(values: dict[Any, Any]) -> tuple[str | None, str]:
+        """The recipe and its note; a problem goes into the note, never a toast."""
+        if not values[shared.selection] and not values[as_written]:
+            return None, ""
+        try:
+            text = compose(values)
+        except (FusionError, gr.Error) as exc:
+            return None, f'<span class="bad-dot"></span> {html.escape(message_of(exc))}'
+        return text, _note(engine.parse_recipe(text))
+
+    def preview_label(values: dict[Any, Any], slot: int | None) -> str | None:
+        labels = (values[shared.selection] or {}).get("labels", [])
+        if slot is not None and slot < len(labels):
+            return labels[slot]
+        chosen = values[preview_model]
+        return chosen if chosen in labels else next(iter(labels), None)
+
+    def refresh(values: dict[Any, Any], request: gr.Request, slot: int | None = None,
+                merge_live: bool = True) -> Iterator[dict[Any, Any]]:
+        """Recompose; then the DARE preview and (live) a re-merge, as this session's jobs."""
+        text, note_text = quiet(values)
+        out: dict[Any, Any] = {note: note_text}
+        if text is None:
+            yield out
+            return
+        out[recipe] = text
+        session = session_of(request)
+        sel = values[shared.selection]
+        label = preview_label(values, slot)
+        show = engine.previewable(engine.parse_recipe(text).method) and label is not None
+        preview_job = engine.start_dare_preview(session, text, label, sel=sel) if show else None
+        merge_job = None
+        if merge_live and values[live] and sel and engine.live_ok(sel):
+            merge_job = engine.start_merge(session, text, allow_large_deltas=bool(values[allow_large]),
+                                           record=False, live=True)
+        elif merge_live and values[live] and sel:
+            out[status] = "Live merging is off for models this large: click **Merge**."
+        if preview_job is not None:
+            for view in follow(preview_job):
+                if view.state.final:
+                    if view.state is JobState.FINISHED:
+                        fig, words = preview_job.result
+                        out |= {preview_model: gr.update(value=label), preview_text: words, preview_plot: fig}
+                    elif view.state is JobState.FAILED:
+                        out[preview_text] = failed_line(message_of(view.error))
+        yield out
+        if merge_job is not None:
+            yield from _follow_merge(merge_job, live=True)
+
+    tab.refresh = refresh
+
+    # -- merging and stopping ------------------------------------------------------------------
+
+    def _follow_merge(job: Any, *, live: bool) -> Iterator[dict[Any, Any]]:
+        verb = "re-merging" if live else "merging"
+        for view in follow(job):
+            if not view.state.final:
+                yield {status: running_line(view, verb)}
+                continue
+            if view.state is JobState.FINISHED:
+                result = job.result
+                yield {status: _status(result, job.id, live=live), shared.merged: result.merged}
+            elif view.state is JobState.CANCELLED:
+                if not _superseded(engine, job):  # a newer merge writes the status itself
+                    yield {status: stopped_line(view, "merge") + " The preview holds no merge until you merge "
+                           "again.", shared.merged: None}
+            else:
+                yield {status: failed_line(message_of(view.error)), shared.merged: None}
+                if not live:
+                    raise gr.Error(message_of(view.error), title="Cannot do that yet")
 
     @user_errors
-    def live_merge(recipe_yaml: str, live_on: bool, selection: dict | None, request: gr.Request) -> Any:
-        if not live_on:
-            return gr.skip(), gr.skip()
-        if not engine.live_ok(selection):
-            return "Live merging is off for models this large: click **Merge**.", gr.skip()
-        result = engine.merge_preview(session_of(request), recipe_yaml)
-        return _status(result, live=True), result.recipe_yaml
+    def run_merge(values: dict[Any, Any], request: gr.Request) -> Iterator[dict[Any, Any]]:
+        """Merge into this session's preview model (memory only)."""
+        try:
+            text = compose(values)
+        except (FusionError, gr.Error) as exc:
+            yield {status: failed_line(message_of(exc)), note: ""}
+            raise
+        yield {recipe: text, note: _note(engine.parse_recipe(text)),
+               status: '<span class="busy-dot"></span> Starting the merge…'}
+        job = engine.start_merge(session_of(request), text, allow_large_deltas=bool(values[allow_large]))
+        yield from _follow_merge(job, live=False)
 
     def stop_work(request: gr.Request) -> str:
-        stopped = engine.cancel(session_of(request))
-        return "Stopping at the next tensor…" if stopped else "Nothing is running."
+        session = session_of(request)
+        return stop_line(engine.stop(session), engine.last_job(session))
 
     @user_errors
-    def dare_preview(values: dict[Any, Any]) -> tuple[Any, str]:
-        labels = (values[shared.selection] or {}).get("labels", [])
-        return _preview(values, values[preview_model] or next(iter(labels), None))
+    def choose_method(name: str, selection: dict | None) -> dict[Any, Any]:
+        return apply(name, selection, None, keep_ticks=True)
 
-    def _preview(values: dict[Any, Any], label: str | None) -> tuple[Any, str]:
-        sel = values[shared.selection]
-        schema = schemas[values[method]]
-        if not sel or not label or label not in sel["labels"] or not _is_dare(schema):
-            return gr.skip(), "The preview shows DARE methods' random drop (pick a DARE method)."
-        i = sel["labels"].index(label)
-        rescale = values[global_["rescale"]] if "rescale" in global_ else "inverse"
-        fig, text = engine.dare_preview(sel, i, drop_rate=float(values[per_model["drop_rate"][i]]),
-                                        seed=int(values[seed] or 0), rescale=rescale)
-        return fig, text
+    def apply(name: str, selection: dict | None, recipe_obj: Any, *, keep_ticks: bool = False) -> dict[Any, Any]:
+        """Updates of every control for a method, a selection and optionally a recipe's values.
 
-    tab.preview = dare_preview
-
-    def slot_preview(i: int) -> Callable[[dict[Any, Any]], Any]:
-        @user_errors
-        def handler(values: dict[Any, Any]) -> tuple[Any, Any, str]:
-            sel = values[shared.selection]
-            if not sel or i >= len(sel["labels"]):
-                return gr.skip(), gr.skip(), gr.skip()
-            fig, text = _preview(values, sel["labels"][i])
-            return sel["labels"][i], fig, text
-
-        return handler
-
-    @user_errors
-    def choose_method(name: str, selection: dict | None) -> list[Any]:
-        return apply(name, selection, None)
-
-    def apply(name: str, selection: dict | None, recipe: Any) -> list[Any]:
-        """Updates of every control for a method, a selection and optionally a recipe's values."""
+        ``keep_ticks`` leaves the "use in the merge" boxes as the user set them (a new method);
+        a new selection or a recipe sets them.
+        """
         schema = schemas[name]
         specs = {p["name"]: p for p in schema["params"]}
         labels = (selection or {}).get("labels", [])
-        entries = recipe.models if recipe is not None else []
-        rparams = dict(recipe.parameters) if recipe is not None else {}
-        ramp_name, ramp_vals = NO_RAMP, None
-        out: list[Any] = [gr.update(value=name), _about(schema)]
-        out += [gr.update(visible=i < len(labels)) for i in range(MAX_MODELS)]
-        out += [f"**{labels[i]}**" if i < len(labels) else "" for i in range(MAX_MODELS)]
-        used = {e.model for e in entries}
         refs = (selection or {}).get("models", [])
-        out += [gr.update(value=(not entries) or (i < len(refs) and refs[i] in used)) for i in range(MAX_MODELS)]
+        entries = recipe_obj.models if recipe_obj is not None else []
+        rparams = dict(recipe_obj.parameters) if recipe_obj is not None else {}
+        ramp_name, ramp_vals = NO_RAMP, None
+        out: dict[Any, Any] = {method: gr.update(value=name), about: _about(schema),
+                               preview_box: gr.update(visible=engine.previewable(name))}
+        used = {e.model for e in entries}
         by_ref = {e.model: dict(e.parameters) for e in entries}
+        for i in range(MAX_MODELS):
+            out[slots[i]] = gr.update(visible=i < len(labels))
+            out[names[i]] = f"**{labels[i]}**" if i < len(labels) else ""
+            out[use[i]] = gr.skip() if keep_ticks else gr.update(
+                value=(not entries) or (i < len(refs) and refs[i] in used))
         for pname in sorted(per_model_specs):
             spec = specs.get(pname, per_model_specs[pname])
             for i in range(MAX_MODELS):
@@ -333,54 +414,68 @@ def build(shared: Shared) -> MergeTab:
                     value = _from_recipe(pname, mine, rparams)
                     if isinstance(value, list):
                         ramp_name, ramp_vals, value = pname, value, value[0]
-                out.append(_update(spec, visible=pname in specs, value=value))
+                out[per_model[pname][i]] = _update(spec, visible=pname in specs, value=value)
         for gname in sorted(global_specs):
             spec = specs.get(gname, global_specs[gname])
             value = rparams.get(gname)
             if isinstance(value, list):
                 ramp_name, ramp_vals, value = gname, value, value[0]
-            out.append(_update(spec, visible=gname in specs, value=value))
-        out.append(gr.update(visible=schema["uses_seed"], value=recipe.seed if recipe is not None else 0))
-        if recipe is not None:
-            overrides_yaml = yaml.safe_dump([o.model_dump(exclude_defaults=True) for o in recipe.overrides],
-                                            sort_keys=False) if recipe.overrides else ""
-            dtype_label = next((k for k, v in DTYPES.items() if v == (recipe.dtype or "")), "same as the base")
+            out[global_[gname]] = _update(spec, visible=gname in specs, value=value)
+        out[seed] = gr.update(visible=schema["uses_seed"], value=recipe_obj.seed if recipe_obj is not None else 0)
+        if recipe_obj is not None:
+            overrides_yaml = yaml.safe_dump([o.model_dump(exclude_defaults=True) for o in recipe_obj.overrides],
+                                            sort_keys=False) if recipe_obj.overrides else ""
+            dtype_label = next((k for k, v in DTYPES.items() if v == (recipe_obj.dtype or "")), "same as the base")
             complex_ramp = ramp_vals is not None and len(ramp_vals) != 2
-            out += [", ".join(recipe.include), ", ".join(recipe.exclude), ramp_name,
-                    ramp_vals[0] if ramp_vals else 0.9, ramp_vals[-1] if ramp_vals else 0.9,
-                    overrides_yaml, dtype_label, complex_ramp]
-        else:
-            out += [gr.skip()] * 8
-        out.append(gr.update(choices=labels, value=labels[0] if labels else None))
+            out |= {include: ", ".join(recipe_obj.include), exclude: ", ".join(recipe_obj.exclude),
+                    ramp_param: ramp_name, ramp_first: ramp_vals[0] if ramp_vals else 0.9,
+                    ramp_last: ramp_vals[-1] if ramp_vals else 0.9, overrides: overrides_yaml,
+                    dtype: dtype_label, as_written: complex_ramp}
+        current = labels[0] if labels else None
+        out[preview_model] = gr.update(choices=labels, value=current)
         return out
 
     tab.apply = apply
 
     # -- events --------------------------------------------------------------------------------
 
-    method.input(choose_method, [method, shared.selection], tab.controls, api_name="choose_method") \
-        .then(compose, tab.form | {shared.selection}, recipe, api_name="compose_after_method", api_visibility="undocumented") \
-        .then(dare_preview, tab.form | {shared.selection}, [preview_plot, preview_text],
-              api_name="dare_preview_after_method", api_visibility="undocumented", **ENGINE_QUEUE)
-    merged = merge.click(compose, tab.form | {shared.selection}, recipe, api_name="compose_recipe")
-    merged.success(run_merge, recipe, [status, shared.merged], api_name="merge", **ENGINE_QUEUE)
-    stop.click(stop_work, None, status, api_name="stop", queue=False)
-    inputs = tab.form | {shared.selection}
-    preview_model.input(dare_preview, inputs, [preview_plot, preview_text], api_name="dare_preview",
-                        **ENGINE_QUEUE)
-    releasable = [c for cs in per_model.values() for c in cs] + [
-        c for c in global_.values() if isinstance(c, gr.Slider)]
-    for k, ctl in enumerate(releasable):
-        ctl.release(compose, inputs, recipe, api_name=f"compose_on_release_{k}", api_visibility="undocumented", show_progress="hidden") \
-            .success(live_merge, [recipe, live, shared.selection], [status, shared.merged],
-                  api_name=f"live_merge_{k}", api_visibility="undocumented", **ENGINE_QUEUE)
-    for i, ctl in enumerate(per_model.get("drop_rate", [])):
-        ctl.release(slot_preview(i), inputs, [preview_model, preview_plot, preview_text],
-                    api_name=f"dare_preview_slot_{i}", api_visibility="undocumented", **ENGINE_QUEUE)
-    for ctl in [*use, *(c for c in global_.values() if not isinstance(c, gr.Slider)), seed, include, exclude,
-                dtype, ramp_param]:
-        ctl.input(compose, inputs, recipe, api_name="compose_on_input", api_visibility="undocumented", show_progress="hidden")
+    form = tab.form | {shared.selection}
+    hidden: dict[str, Any] = {"api_visibility": "undocumented"}
+    refresh_outputs = [*tab.preview_outputs, status, shared.merged]
+
+    def on_slot(i: int | None, *, merge_live: bool = True) -> Callable[..., Iterator[dict[Any, Any]]]:
+        def handler(values: dict[Any, Any], request: gr.Request) -> Iterator[dict[Any, Any]]:
+            yield from refresh(values, request, slot=i, merge_live=merge_live)
+
+        return handler
+
+    method.input(choose_method, [method, shared.selection], tab.controls, api_name="choose_method", **QUICK) \
+        .then(on_slot(None, merge_live=False), form, refresh_outputs, api_name="refresh_after_method",
+              **hidden, **JOB_EVENT)
+    # The button reads the whole form; scripts use /merge_recipe (fusion_ui.ui.api) instead.
+    merging = merge.click(run_merge, form, [recipe, note, status, shared.merged], api_name="merge", **hidden,
+                          **JOB_EVENT)
+    stop.click(stop_work, None, status, api_name="stop", queue=False, cancels=[merging])
+    preview_model.input(on_slot(None, merge_live=False), form, refresh_outputs, api_name="dare_preview",
+                        **JOB_EVENT)
+
+    for i in range(MAX_MODELS):
+        for ctl in [c[i] for c in per_model.values() if isinstance(c[i], gr.Slider)]:
+            ctl.release(on_slot(i), form, refresh_outputs, api_name=f"release_slot_{i}", **hidden, **JOB_EVENT)
+        for ctl in [use[i], *(c[i] for c in per_model.values() if not isinstance(c[i], gr.Slider))]:
+            ctl.input(on_slot(i), form, refresh_outputs, api_name=f"change_slot_{i}", **hidden, **JOB_EVENT)
+    for ctl in [*(c for c in global_.values() if isinstance(c, gr.Slider)), ramp_first, ramp_last]:
+        ctl.release(on_slot(None), form, refresh_outputs, api_name="release_global", **hidden, **JOB_EVENT)
+    for ctl in [*(c for c in global_.values() if not isinstance(c, gr.Slider)), seed, include, exclude, dtype,
+                ramp_param, as_written, overrides]:
+        ctl.input(on_slot(None), form, refresh_outputs, api_name="change_global", **hidden, **JOB_EVENT)
+    recipe.input(on_slot(None), form, refresh_outputs, api_name="edit_recipe", **hidden, **JOB_EVENT)
     return tab
+
+
+def _superseded(engine: Engine, job: Any) -> bool:
+    """Whether a cancelled merge was replaced by a newer one of the same session."""
+    return any(j.kind == "merge" and j.id > job.id for j in engine.jobs.jobs(job.session))
 
 
 def _about(schema: dict[str, Any]) -> str:
@@ -390,9 +485,20 @@ def _about(schema: dict[str, Any]) -> str:
     return f"**{schema['title']}** — {schema['summary']}  \n<small>{needs} · {count} fine-tunes{ref}</small>"
 
 
-def _is_dare(schema: dict[str, Any]) -> bool:
-    """Methods whose per-model ``drop_rate`` is a random drop (the preview shows exactly that)."""
-    return schema["uses_seed"] and any(p["name"] == "drop_rate" for p in schema["params"])
+def _note(recipe: Any) -> str:
+    n = len(recipe.models)
+    return (f'<span class="ok-dot"></span> Recipe ready: <code>{recipe.method}</code> of {n} '
+            f"fine-tune{'s' if n != 1 else ''}, seed {recipe.seed}.")
+
+
+def _seed(value: Any) -> int:
+    try:
+        f = float(value or 0)
+    except (TypeError, ValueError):
+        raise gr.Error(f"The seed must be a whole number, got {value!r}.") from None
+    if f != f or f in (float("inf"), float("-inf")) or f != int(f):
+        raise gr.Error(f"The seed must be a whole number, got {value!r}.")
+    return int(f)
 
 
 def _plain(value: Any, spec: dict[str, Any]) -> Any:
@@ -412,8 +518,8 @@ def _from_recipe(name: str, entry: dict[str, Any], parameters: dict[str, Any]) -
     return parameters.get(name)
 
 
-def _status(result: Any, *, live: bool = False) -> str:
-    warn = "".join(f"\n- ⚠ {w}" for w in result.warnings[:6])
+def _status(result: Any, number: int, *, live: bool = False) -> str:
+    warn = "".join(f"\n- ⚠ {html.escape(w)}" for w in result.warnings[:6])
     how = "Live re-merge" if live else "Merged"
-    return (f'<span class="ok-dot"></span> **{how}** {result.tensors} tensors in {result.seconds:.1f} s, '
-            f"in memory. The **Compare** tab now has a *merge* column.{warn}")
+    return (f'<span class="ok-dot"></span> **{how}** (#{number}): {result.tensors} tensors in '
+            f"{result.seconds:.2f} s, in memory. The **Compare** tab now has a *merge* column.{warn}")

@@ -10,7 +10,8 @@ import gradio as gr
 import pandas as pd
 
 from fusion_ui.engine import check_ref, make_selection
-from fusion_ui.ui.shared import Shared, user_errors
+from fusion_ui.errors import FusionError
+from fusion_ui.ui.shared import QUICK, Shared, message_of, user_errors
 
 CUSTOM = "Custom (type below)"
 _ICON = {"error": "✖", "warning": "⚠", "info": "ℹ"}
@@ -29,8 +30,9 @@ class ModelsTab:
     load: gr.Button
     table: gr.Dataframe
     verdict: gr.Markdown
-    loaded: Any  # the "load" event; other tabs chain their updates on it with .then
+    loaded: Any  # the "load" event; other tabs chain their updates on it with .success
     load_models: Callable[[str, str], tuple[pd.DataFrame, str, dict[str, Any] | None]]
+    preset_choices: Callable[[], Any]  # an update of the "Start from" choices (recent selections)
 
 
 def validation_markdown(base: str, finetunes: str) -> str:
@@ -67,7 +69,8 @@ def build(shared: Shared) -> ModelsTab:
         with gr.Column(scale=3):
             preset = gr.Dropdown(
                 [*presets, CUSTOM], value=next(iter(presets), CUSTOM), label="Start from",
-                info="The built-in demo family, or one of your recent choices.",
+                info="The built-in demo family, or one of your recent choices.", interactive=True,
+                elem_id="preset",
             )
             base = gr.Textbox(
                 first["base"] if first else "", label="Base model", placeholder="/path/to/base or org/name",
@@ -85,22 +88,43 @@ def build(shared: Shared) -> ModelsTab:
     table = gr.Dataframe(pd.DataFrame({"role": [], "model": []}), label="Models", interactive=False, wrap=True, elem_id="models-table")
 
     @user_errors
-    def use_preset(name: str) -> tuple[Any, Any]:
-        sel = engine.presets().get(name)
+    def use_preset(evt: gr.SelectData) -> tuple[Any, Any]:
+        sel = engine.presets().get(str(evt.value))
         if sel is None:
             return gr.skip(), gr.skip()
         return sel["base"], "\n".join(sel["models"])
 
-    @user_errors
+    def preset_choices() -> Any:
+        return gr.update(choices=[*engine.presets(), CUSTOM])
+
     def load_models(base: str, finetunes: str) -> tuple[pd.DataFrame, str, dict[str, Any] | None]:
         sel = make_selection(base, finetunes.splitlines())
         result = engine.inspect(sel)
         ok = result.verdict != "incompatible"
         return result.table, verdict_markdown(result.verdict, result.findings), sel if ok else None
 
-    preset.input(use_preset, preset, [base, finetunes], api_name="use_preset")
+    @user_errors
+    def load_clicked(base: str, finetunes: str) -> Any:
+        """Load and check; on a failure the banner says so and the models loaded before stay."""
+        try:
+            table_value, verdict_text, sel = load_models(base, finetunes)
+        except FusionError as exc:
+            yield {verdict: failed_verdict(message_of(exc))}
+            raise
+        yield {table: table_value, verdict: verdict_text, shared.selection: sel, preset: preset_choices()}
+
+    preset.select(use_preset, None, [base, finetunes], api_name="use_preset", **QUICK)
     for box in (base, finetunes):
         box.change(validation_markdown, [base, finetunes], check, api_name="validate_models", queue=False,
                    show_progress="hidden", trigger_mode="always_last")
-    loaded = load.click(load_models, [base, finetunes], [table, verdict, shared.selection], api_name="load_models")
-    return ModelsTab(preset, base, finetunes, load, table, verdict, loaded, load_models)
+    loaded = load.click(load_clicked, [base, finetunes], [table, verdict, shared.selection, preset],
+                        api_name="load_models", **QUICK)
+    return ModelsTab(preset, base, finetunes, load, table, verdict, loaded, load_models, preset_choices)
+
+
+def failed_verdict(message: str) -> str:
+    """The banner after a failed load: what went wrong, and that nothing changed."""
+    import html
+
+    return (f'<div class="verdict verdict-bad">Could not load these models: {html.escape(message)}</div>\n\n'
+            "The models loaded before (if any) are still the ones in use.")

@@ -1,34 +1,45 @@
-"""What the tabs share: session state, the engine queue, and how handlers talk to the engine.
+"""What the tabs share: session state, how handlers follow engine jobs, and how errors show.
 
-Handlers stay thin: they call the :class:`~fusion_ui.engine.Engine`, turn its
-:class:`~fusion_ui.errors.FusionError` into a ``gr.Error`` a person can act on, and turn its
-progress reports into ``gr.Progress``. Anything else that goes wrong is a bug: it is logged with
-its traceback on the server and shown to the user as a short message, never as a traceback.
+Handlers stay thin: they start a job on the :class:`~fusion_ui.engine.Engine` and follow it
+(:func:`follow`), writing its state into the tab's status line: waiting, a progress bar,
+then a final state (done, stopped, failed). A :class:`~fusion_ui.errors.FusionError` becomes a
+message a person can act on (the app's own wording of the fix, ``message_for("app")``); anything
+else is a bug, logged with its traceback on the server and shown as a short message.
+
+Events that follow jobs hide Gradio's own progress overlay (``show_progress="hidden"``): the
+status line shows progress, and a failure then leaves no "Error" badge over the tab's other
+outputs, only the status line's message and a toast.
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import gradio as gr
 
-from fusion_ui.engine import Engine
-from fusion_ui.errors import FusionError
-from fusion_ui.progress import Progress, ProgressCallback
+from fusion_ui.engine import LIMITS, Engine
+from fusion_ui.errors import CancelledError, FusionError
+from fusion_ui.runtime import Job, JobState, JobView
 
 log = logging.getLogger("fusion_ui.ui")
 
-# Every event that loads models or computes on them joins this one queue, one at a time, so two
-# browser sessions never fight for the same memory (the engine also holds one work lock).
-ENGINE_QUEUE: dict[str, Any] = {"concurrency_id": "engine", "concurrency_limit": 1}
+# Events that start and follow jobs. The engine's job runner runs one job at a time on the
+# device; these events only wait on their job, so many may wait at once (each session sees
+# its own place in the line) while the page's other events stay free.
+JOB_EVENT: dict[str, Any] = {"concurrency_id": "jobs", "concurrency_limit": 32, "show_progress": "hidden"}
+# Cheap events (figures from a cached report, composing a recipe): no overlay either.
+QUICK: dict[str, Any] = {"show_progress": "hidden"}
 
-MAX_MODELS = 6  # fine-tune slots in the Merge tab
+MAX_MODELS = LIMITS.max_finetunes  # fine-tune slots in the Merge tab
 MAX_COLUMNS = MAX_MODELS + 2  # Compare columns: base, fine-tunes, merge
+FOLLOW_EVERY = 0.5  # s between status updates of a running job (and checks for a gone client)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,21 +50,26 @@ class Shared:
 
     engine: Engine
     selection: gr.State  # Selection dict (base, models, labels) or None
-    merged: gr.State  # YAML of the recipe merged into this session's preview, or None
+    merged: gr.State  # {"recipe": YAML, "allow_large_deltas": bool} of this session's preview, or None
     tabs: gr.Tabs
 
 
-def _message(exc: BaseException) -> gr.Error:
+def message_of(exc: BaseException) -> str:
+    """What a person reads about an error: the app's wording of a FusionError's fix."""
+    if isinstance(exc, gr.Error):
+        return str(exc.message)
+    if isinstance(exc, FusionError):
+        return exc.message_for("app")
+    log.exception("unexpected error in a handler", exc_info=exc)
+    return (f"Something went wrong inside fusion_ui ({type(exc).__name__}: {exc}). The details are in "
+            "the terminal that runs the app; please report them.")
+
+
+def _error(exc: BaseException) -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
-    if isinstance(exc, FusionError):
-        return gr.Error(str(exc), title="Cannot do that yet")
-    log.exception("unexpected error in a handler", exc_info=exc)
-    return gr.Error(
-        f"Something went wrong inside fusion_ui ({type(exc).__name__}: {exc}). The details are in "
-        "the terminal that runs the app; please report them.",
-        title="Internal error",
-    )
+    title = "Cannot do that yet" if isinstance(exc, FusionError) else "Internal error"
+    return gr.Error(message_of(exc), title=title)
 
 
 def user_errors(fn: F) -> F:
@@ -64,8 +80,8 @@ def user_errors(fn: F) -> F:
         def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 yield from fn(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 (mapped to a message, see _message)
-                raise _message(exc) from exc
+            except Exception as exc:  # noqa: BLE001 (mapped to a message, see message_of)
+                raise _error(exc) from exc
 
         return gen_wrapper  # type: ignore[return-value]
 
@@ -74,22 +90,13 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
-            raise _message(exc) from exc
+            raise _error(exc) from exc
 
     return wrapper  # type: ignore[return-value]
 
 
-def progress_callback(progress: gr.Progress, verb: str) -> ProgressCallback:
-    """Engine progress reports as a Gradio progress bar."""
-
-    def report(p: Progress) -> None:
-        progress(p.fraction, desc=f"{verb} {p.message}".strip())
-
-    return report
-
-
 def session_of(request: gr.Request | None) -> str:
-    """The browser session's id (one preview model and one cancel button per session)."""
+    """The browser session's id (one preview model and its own jobs per session)."""
     return getattr(request, "session_hash", None) or "default"
 
 
@@ -97,3 +104,77 @@ def require_selection(selection: dict[str, Any] | None) -> dict[str, Any]:
     if not selection:
         raise gr.Error("Load a base and fine-tunes in the Models tab first.", title="No models yet")
     return selection
+
+
+# -- following a job ---------------------------------------------------------------------------
+
+
+def follow(job: Job[Any], every: float = FOLLOW_EVERY) -> Iterator[JobView]:
+    """Snapshots of ``job`` until it ends: one at most every ``every`` seconds while it waits or
+    runs, and the final one at once. If the handler stops following (the browser went away,
+    Stop cancelled the event), the job is cancelled: nobody is left to see its result.
+
+    Every snapshot a handler yields is a message the page renders; a job that reports each of
+    its 39 tensors would queue 39 redraws behind its result (measured: the final status shown
+    0.4 s after the job ended). A job shorter than ``every`` shows only its end.
+    """
+    last = time.monotonic()
+    try:
+        for view in job.watch(every):
+            now = time.monotonic()
+            if view.state.final or now - last >= every:
+                last = now
+                yield view
+    finally:
+        if not job.state.final and job._runner is not None:
+            job._runner.cancel_job(job)
+
+
+def running_line(view: JobView, verb: str) -> str:
+    """The status line of a job that has not ended: its place in the line, or a progress bar."""
+    if view.state is JobState.QUEUED:
+        ahead = "1 job" if view.ahead == 1 else f"{view.ahead} jobs"
+        return (f'<span class="busy-dot"></span> Waiting for the device: {ahead} ahead '
+                f"({view.seconds:.0f} s)… <b>Stop</b> cancels it.")
+    if view.progress is None or not view.progress.total:
+        return f'<span class="busy-dot"></span> {html.escape(verb.capitalize())}… ({view.seconds:.1f} s)'
+    p = view.progress
+    what = html.escape(p.message[-60:]) if p.message else ""
+    return (f'<span class="busy-dot"></span> {html.escape(verb.capitalize())} {p.done} / {p.total} '
+            f'<progress value="{p.done}" max="{p.total}"></progress> {what} ({view.seconds:.1f} s)')
+
+
+def failed_line(text: str) -> str:
+    return f'<span class="bad-dot"></span> <b>Failed.</b> {html.escape(text)}'
+
+
+def stopped_line(view: JobView, noun: str) -> str:
+    where = ""
+    if view.progress is not None and view.progress.total:
+        where = f" at {view.progress.done} of {view.progress.total}"
+    return f'<span class="stop-dot"></span> <b>Stopped</b>: the {noun} was cancelled{where}.'
+
+
+def final_error(view: JobView) -> BaseException | None:
+    """The error a failed job should raise to its handler (None when it finished or was stopped)."""
+    if view.state is JobState.FAILED:
+        return view.error
+    return None
+
+
+def was_stopped(view: JobView) -> bool:
+    return view.state is JobState.CANCELLED or isinstance(view.error, CancelledError)
+
+
+def stop_line(views: list[JobView], last: JobView | None) -> str:
+    """What Stop says: what it stopped (in its final state), or that nothing was running."""
+    if views:
+        parts = []
+        for v in views:
+            state = "stopped" if v.state is JobState.CANCELLED else v.state.value
+            parts.append(f"{v.label} {state}")
+        return f'<span class="stop-dot"></span> <b>Stopped</b>: {", ".join(parts)}.'
+    if last is not None and last.state.final:
+        return (f"Nothing is running: the last {html.escape(last.label)} {last.state.value} "
+                f"({last.seconds:.1f} s).")
+    return "Nothing is running."
