@@ -115,3 +115,13 @@ def test_listen_policy_requires_auth_beyond_localhost() -> None:
     assert "--share" in listen_problem("127.0.0.1", True, None)
     assert listen_problem("0.0.0.0", False, "me:secret") is None
     assert "user:password" in listen_problem("0.0.0.0", False, "nocolon")
+
+
+def test_weight_and_lambda_sliders_span_the_useful_range(app: RunningApp) -> None:
+    """Weights may go to 10 (in a recipe), but a 0-10 track left 0-1 a tenth of its length."""
+    props = {c["props"].get("elem_id"): c["props"] for c in app.blocks.config["components"]
+             if c.get("props", {}).get("elem_id")}
+    weight, lam, drop = props["weight-0"], props["param-lambda"], props["drop_rate-0"]
+    assert (weight["minimum"], weight["maximum"]) == (0.0, 2.0)
+    assert (lam["minimum"], lam["maximum"]) == (0.0, 3.0)
+    assert drop["maximum"] == pytest.approx(0.99)  # DARE's p < 1: one step short of 1
