@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+
 import yaml
 
-from fusion_ui import __version__
 from fusion_ui.merge import MergePlan
+
+
+def fusion_ui_version() -> str:
+    """The installed fusion_ui's version (read from the distribution, not from the package's
+    ``__init__``: that imports the exporter, which imports this module)."""
+    try:
+        return metadata.version("fusion-ui")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "(not installed)"
 
 
 def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | None) -> str:
@@ -25,7 +35,7 @@ def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | No
         "",
         f"# {recipe.name or 'Merged model'}",
         "",
-        f"Merged with fusion_ui {__version__} using **{method.title}** "
+        f"Merged with fusion_ui {fusion_ui_version()} using **{method.title}** "
         f"(`{method.name}`): {method.summary}",
         "",
         f"Reference: {method.reference}.",
@@ -36,7 +46,9 @@ def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | No
         "|---|---|---|",
     ]
     if recipe.base:
-        lines.append(f"| base | `{recipe.base}` | |")
+        # the method says whether it reads θ0 with these settings (linear, plain slerp do not)
+        role = "" if plan.reads_base else f"not read: {method.name} with these settings merges the models' weights"
+        lines.append(f"| base | `{recipe.base}` | {role} |")
     for i, entry in enumerate(recipe.models):
         params = ", ".join(f"{k}={v}" for k, v in entry.parameters.items()) or "defaults"
         lines.append(f"| model {i} | `{entry.model}` | {params} |")
@@ -47,7 +59,10 @@ def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | No
         "",
         f"- method: `{method.name}`",
         *(f"- {k}: `{v}`" for k, v in globals_.items()),
-        f"- seed: `{recipe.seed}`" + ("" if method.uses_seed else " (unused: this method is deterministic)"),
+        f"- seed: `{recipe.seed}`" + (
+            " (keys the random drop masks with each tensor's name and model index)"
+            if method.capabilities.uses_seed else " (unused: this method is deterministic)"
+        ),
         f"- output dtype: `{str(plan.out_dtype).removeprefix('torch.')}`",
         f"- tokenizer from: `{recipe.tokenizer_source}`",
     ]

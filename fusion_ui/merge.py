@@ -76,6 +76,14 @@ class MergePlan:
     def total_bytes(self) -> int:
         return sum(j.spec.nbytes for j in self.jobs)
 
+    @property
+    def reads_base(self) -> bool:
+        """Whether the merge reads θ0 for some tensor: it computes task vectors δ = θ - θ0 there,
+        so a wrong base ruins it (the method says so for each tensor's parameters)."""
+        return self.base is not None and any(
+            self.method.needs_base_with(j.params) for j in self.jobs if j.merged
+        )
+
     def close(self) -> None:
         for c in {self.reference, *self.models}:
             c.close()
@@ -164,7 +172,7 @@ def plan_merge(
         if preflight and base is not None:
             # Methods without task vectors (linear, slerp) merge regardless of the base, but an
             # unrelated model among them still deserves a word; those that use δ = θ - θ0 refuse.
-            _preflight_deltas(plan, allow_large_deltas, refuse=_uses_deltas(plan))
+            _preflight_deltas(plan, allow_large_deltas, refuse=plan.reads_base)
         return plan
     except BaseException:
         for c in opened:
@@ -209,7 +217,8 @@ def run_merge(
         for k, job in enumerate(jobs):
             if cancel is not None:
                 cancel.raise_if_cancelled()
-            assert pending is not None
+            if pending is None:  # every job's read starts during the previous one
+                raise RuntimeError(f"internal: no read was started for {job.name}")
             inputs = pending.result()
             pending = reader.submit(read_inputs, plan, jobs[k + 1], pool, fan_out) if k + 1 < len(jobs) else None
             out = compute_tensor(plan, job, dev, inputs, out_pool)
@@ -310,7 +319,7 @@ def read_inputs(
 ) -> Inputs:
     """One job's input tensors; with ``fan_out``, its checkpoints are read in parallel."""
     rows = job.shape[0] if job.shape else None
-    with_base = job.merged and plan.base is not None and _reads_base(plan.method)
+    with_base = job.merged and plan.base is not None and plan.method.needs_base_with(job.params)
     if not job.merged:
         ckpts = [plan.reference]
     else:
@@ -377,8 +386,7 @@ def _compute(
             fused = plan.method.merge_fused_cpu(ctx, job.dtype)
         except NonFiniteInput as exc:  # the kernel found NaN/inf: name the checkpoint
             ckpt = plan.base if exc.index is None else plan.models[exc.index]
-            assert ckpt is not None
-            raise _nonfinite_error(ckpt, job.name) from None
+            raise _nonfinite_error(ckpt or plan.reference, job.name) from None
         finally:
             ctx.out_buffer = None
             if buffer is not None and not (fused is not None and out_pool.owns(fused)):
@@ -434,7 +442,8 @@ def _check_all_finite(tensors: list[torch.Tensor], ckpts: list[Checkpoint | None
     if bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
         return
     for t, ckpt in zip(tensors, ckpts, strict=True):
-        assert ckpt is not None
+        if ckpt is None:
+            raise RuntimeError(f"internal: an input of {name} has no checkpoint")
         _check_finite(t, ckpt, name)
 
 
@@ -469,16 +478,6 @@ def merge_into_model(
 
 
 # -- internals ---------------------------------------------------------------------------
-
-
-def _reads_base(method: MergeMethod) -> bool:
-    # slerp of task vectors reads the base although slerp itself does not need one
-    return method.needs_base or any(p.name == "on_deltas" for p in method.params)
-
-
-def _uses_deltas(plan: MergePlan) -> bool:
-    """Whether the merge computes task vectors δ = θ - θ0 (a wrong base then ruins it)."""
-    return plan.method.needs_base or any(j.params.get("on_deltas") for j in plan.jobs if j.merged)
 
 
 def _read(ckpt: Checkpoint, name: str, rows: int | None, buffer: torch.Tensor | None = None) -> torch.Tensor:
@@ -579,8 +578,7 @@ def _preflight_deltas(plan: MergePlan, allow_large: bool, *, refuse: bool = True
                 f"{unrelated}; {plan.method.name} merges the weights anyway, but models trained "
                 f"from different starting points rarely merge into a working model"
             )
-        sparsifier = getattr(plan.method, "sparsifier", None)
-        if sparsifier in ("dare", "della") and median > DARE_SAFE_DELTA:
+        if plan.method.capabilities.random_drop is not None and median > DARE_SAFE_DELTA:
             plan.warnings.append(
                 f"{model.ref}: median |δ| = {median:.4g} on sampled weights; DARE works while deltas "
                 f"stay below ~{DARE_SAFE_DELTA} and tends to fail from ~0.01 (Yu et al. 2023)"

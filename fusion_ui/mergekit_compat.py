@@ -15,18 +15,33 @@ the exported file states in comments:
   per-method default; imports write them out explicitly, since fusion_ui's defaults follow the
   papers (TIES density 0.2, DARE p = 0.9, TIES-family normalize on).
 - Names: mergekit's ``della`` (with sign consensus) is fusion_ui's ``della_ties``, and
-  mergekit's ``della_linear`` is fusion_ui's ``della``.
+  mergekit's ``della_linear`` is fusion_ui's ``della``. mergekit calls every kept share
+  ``density``; fusion_ui's DARE methods declare ``drop_rate`` with ``density`` as its complement
+  (``ParamSpec.complement``), so the conversion asks the method's parameters, not its name.
+- SCE: fusion_ui's ``sce`` is mergekit's (``fusion_ui/methods/sce.py`` names its two
+  differences on purpose: a tensor whose top-k count rounds to 0 keeps one element, and ties
+  at the k-th variance follow one stated rule).
+
+This module turns a mergekit config into plain fusion_ui recipe data, which
+:func:`fusion_ui.recipe.recipe_from_dict` validates; it does not import :mod:`fusion_ui.recipe`
+(which imports it), so :func:`recipe_to_mergekit` takes any recipe-shaped object.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import ValidationError
 
 from fusion_ui.errors import RecipeError
-from fusion_ui.recipe import Override, Recipe, format_validation
+from fusion_ui.methods import MergeMethod, get_method
+from fusion_ui.methods.params import ParamSpec, complement_value
+
+if TYPE_CHECKING:  # duck-typed at run time: recipe.py imports this module
+    from fusion_ui.recipe import Recipe
+
+# mergekit spells every kept share (TIES' top-k, DARE's 1 - p, DELLA's mean) this way
+_MK_DENSITY = "density"
 
 # mergekit name -> fusion_ui name
 _FROM_MERGEKIT = {
@@ -41,6 +56,7 @@ _FROM_MERGEKIT = {
     "della_linear": "della",
     "slerp": "slerp",
     "model_stock": "model_stock",
+    "sce": "sce",
 }
 _TO_MERGEKIT = {v: k for k, v in _FROM_MERGEKIT.items()}
 
@@ -51,6 +67,11 @@ _MK_NORMALIZE = {
     "della": True, "della_linear": False,
 }
 _MK_RESCALES = {"dare_linear", "dare_ties", "della", "della_linear"}
+# Differences in a method's own definition, stated in every export of it.
+_MK_METHOD_NOTES = {
+    "sce": "sce: where select_topk keeps ⌊n·select_topk⌋ = 0 elements of a tensor, fusion_ui keeps its "
+           "most-varying one and mergekit none (the tensor stays the base's)",
+}
 _MK_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
               "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
@@ -60,8 +81,9 @@ def is_mergekit_config(data: dict[str, Any]) -> bool:
     return "merge_method" in data and "method" not in data
 
 
-def recipe_from_mergekit(data: dict[str, Any]) -> Recipe:
-    """A fusion_ui recipe equivalent to a mergekit config, with mergekit's defaults applied."""
+def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
+    """Plain fusion_ui recipe data equivalent to a mergekit config, with mergekit's defaults
+    applied; :func:`fusion_ui.recipe.recipe_from_dict` validates it into a ``Recipe``."""
     mk_method = data.get("merge_method")
     if mk_method not in _FROM_MERGEKIT:
         raise RecipeError(
@@ -70,10 +92,11 @@ def recipe_from_mergekit(data: dict[str, Any]) -> Recipe:
         )
     if "slices" in data:
         raise RecipeError("mergekit `slices:` (layer stacking / passthrough) is not supported; use `models:`")
-    method = _FROM_MERGEKIT[mk_method]
+    method_name = _FROM_MERGEKIT[mk_method]
+    method = get_method(method_name)
     base = _model_ref(data["base_model"]) if data.get("base_model") else None
     entries = [_model_entry(i, e) for i, e in enumerate(_list(data.get("models"), "models"))]
-    overrides: list[Override] = []
+    overrides: list[dict[str, Any]] = []
     g_params: dict[str, Any] = {}
     for key, value in _mapping(data.get("parameters"), "parameters").items():
         if key in ("int8_mask", "filter_wise"):
@@ -82,13 +105,13 @@ def recipe_from_mergekit(data: dict[str, Any]) -> Recipe:
 
     models: list[dict[str, Any]] = []
     for ref, params in entries:
-        if method == "slerp":
+        if method_name == "slerp":
             continue  # slerp's endpoints are base_model and the other model, handled below
-        if base is not None and ref == base and method != "linear":
+        if base is not None and ref == base and method_name != "linear":
             continue  # mergekit lists the base among the models; it is not a fine-tune here
         models.append({"model": ref, "raw": params})
 
-    if method == "slerp":
+    if method_name == "slerp":
         others = [r for r, _ in entries if r != base]
         if base is None or len(others) != 1:
             raise RecipeError("mergekit slerp needs base_model and exactly one other model")
@@ -96,8 +119,9 @@ def recipe_from_mergekit(data: dict[str, Any]) -> Recipe:
         if "t" not in g_params:
             raise RecipeError("mergekit slerp needs the parameter t")
     else:
-        sparsifying = method not in ("linear", "task_arithmetic", "model_stock")
-        global_density = g_params.pop("density", 1.0)  # mergekit's default: keep everything
+        share = _share_param(method)  # the per-model parameter mergekit's `density` sets, if any
+        global_density = g_params.pop(_MK_DENSITY, 1.0)  # mergekit's default: keep everything
+        wants_weight = any(p.name == "weight" for p in method.model_params())
         recipe_models = []
         for i, m in enumerate(models):
             params: dict[str, Any] = {}
@@ -106,29 +130,24 @@ def recipe_from_mergekit(data: dict[str, Any]) -> Recipe:
                     g_params.setdefault("lambda", value)
                     continue
                 params[key] = _value(key, value, overrides, i)
-            if method != "model_stock":
-                if "weight" not in params and "weight" not in g_params:
-                    raise RecipeError(f"mergekit requires a weight for model {m['model']!r}")
-            if sparsifying:
-                params.setdefault("density", global_density)
-            else:
-                params.pop("density", None)  # mergekit accepts and ignores it here
+            if wants_weight and "weight" not in params and "weight" not in g_params:
+                raise RecipeError(f"mergekit requires a weight for model {m['model']!r}")
+            density = params.pop(_MK_DENSITY, global_density)
+            if share is not None:  # otherwise mergekit accepts `density` and ignores it
+                params[share.name] = density if share.name == _MK_DENSITY else complement_value(density)
             recipe_models.append({"model": m["model"], **params})
 
     if mk_method in _MK_NORMALIZE:
         g_params.setdefault("normalize", _MK_NORMALIZE[mk_method])
-    if mk_method in _MK_RESCALES:
-        g_params["rescale"] = "l1" if g_params.pop("rescale", True) else "none"
-    if mk_method in ("dare_linear", "dare_ties"):
-        for m in recipe_models:
-            if "density" in m:
-                m["drop_rate"] = _complement(m.pop("density"))
+    rescale = method.capabilities.rescale
+    if mk_method in _MK_RESCALES and rescale is not None:  # mergekit: a bool, L1 when true
+        g_params[rescale] = "l1" if g_params.pop("rescale", True) else "none"
     dtype = data.get("dtype") or data.get("out_dtype")
     tokenizer = data.get("tokenizer_source")
     if isinstance(data.get("tokenizer"), dict):
         tokenizer = data["tokenizer"].get("source", tokenizer)
     recipe_data: dict[str, Any] = {
-        "method": method,
+        "method": method_name,
         "base": base,
         "models": recipe_models,
         "parameters": g_params,
@@ -142,25 +161,30 @@ def recipe_from_mergekit(data: dict[str, Any]) -> Recipe:
         if tokenizer == "union":
             raise RecipeError("mergekit tokenizer_source: union is not supported; use base or a model")
         recipe_data["tokenizer_source"] = _model_ref(tokenizer)
-    try:
-        return Recipe.model_validate(recipe_data)
-    except ValidationError as exc:  # report in mergekit terms, on one line
-        raise RecipeError(f"mergekit config could not be converted: {format_validation(exc)}") from None
+    return recipe_data
+
+
+def _share_param(method: MergeMethod) -> ParamSpec | None:
+    """The per-model parameter that mergekit's ``density`` sets: named so, or its complement."""
+    return next((p for p in method.model_params() if _MK_DENSITY in p.names()), None)
 
 
 def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
-    """mergekit YAML equivalent to ``recipe`` (None if there is none), and the differences."""
+    """mergekit YAML equivalent to ``recipe`` (None if there is none), and the differences.
+
+    ``recipe`` is a :class:`fusion_ui.recipe.Recipe` (or anything with its attributes).
+    """
     notes: list[str] = []
     mk_method = _TO_MERGEKIT.get(recipe.method)
     if mk_method is None:
         return None, [f"mergekit has no {recipe.method!r} method"]
-    method = recipe.merge_method
+    method = get_method(recipe.method)
+    caps = method.capabilities
     g = dict(recipe.parameters)
     out: dict[str, Any] = {"merge_method": mk_method}
     if recipe.base and method.needs_base:
         # mergekit merges a linear config's base_model as one more model (and wants its weight)
         out["base_model"] = recipe.base
-    per_model_names = {p.name for p in method.model_params()}
     if mk_method == "slerp":
         out["base_model"] = recipe.models[0].model
         out["models"] = [{"model": recipe.models[0].model}, {"model": recipe.models[1].model}]
@@ -169,31 +193,29 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
         for entry in recipe.models:
             params = {}
             for spec in method.model_params():
-                value = entry.parameters.get(spec.name, g.get(spec.name, spec.default))
-                if spec.name == "drop_rate":
-                    params["density"] = _complement(value)
+                value = _first_set(spec, entry.parameters, g)
+                if spec.name != _MK_DENSITY and spec.complement == _MK_DENSITY:
+                    params[_MK_DENSITY] = complement_value(value)  # mergekit keeps shares
                 else:
                     params[spec.name] = value
-            for alias in ("density", "drop_rate"):
-                if alias in entry.parameters and alias not in per_model_names:
-                    params["density"] = (
-                        entry.parameters[alias] if alias == "density" else _complement(entry.parameters[alias])
-                    )
             models.append({"model": entry.model, "parameters": params} if params else {"model": entry.model})
         out["models"] = models
     gparams: dict[str, Any] = {}
     for spec in method.global_params():
         value = g.get(spec.name, spec.default)
-        if spec.name == "rescale":
+        if spec.name == caps.rescale:
             if value == "inverse":
                 notes.append(
                     "rescale: fusion_ui multiplies DARE survivors by 1/(1-p) (the paper); mergekit can "
                     "only match the L1 norm (rescale: true), so results differ slightly"
                 )
             gparams["rescale"] = value != "none"
-        elif spec.name == "on_deltas":
+        elif spec.name == caps.base_switch:
             if value:
-                notes.append("slerp of task vectors (on_deltas) has no mergekit equivalent; exported as plain slerp")
+                notes.append(
+                    f"{method.name} of task vectors ({spec.name}) has no mergekit equivalent; exported "
+                    f"as plain {mk_method}"
+                )
         else:
             gparams[spec.name] = value
     if gparams:
@@ -206,6 +228,8 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
         out["tokenizer_source"] = (
             recipe.models[recipe.model_index(tok[len("model:"):])].model if tok.startswith("model:") else tok
         )
+    if method.name in _MK_METHOD_NOTES:
+        notes.append(_MK_METHOD_NOTES[method.name])
     if method.uses_seed:
         notes.append(f"random masks: fusion_ui seeds them (seed {recipe.seed}); mergekit's differ on every run")
     if recipe.include or recipe.exclude:
@@ -257,14 +281,17 @@ def _model_ref(value: Any) -> str:
     return value
 
 
-def _complement(value: Any) -> Any:
-    """density <-> drop_rate, rounded so 1 - 0.9 prints as 0.1."""
-    if isinstance(value, list):
-        return [round(1.0 - float(v), 12) for v in value]
-    return round(1.0 - float(value), 12)
+def _first_set(spec: ParamSpec, *layers: dict[str, Any]) -> Any:
+    """The value of ``spec`` in the first of ``layers`` that sets it (under either spelling),
+    else its default."""
+    for values in layers:
+        value = spec.value_in(values)
+        if value is not None:
+            return value
+    return spec.default
 
 
-def _value(key: str, value: Any, overrides: list[Override], model: int | None) -> Any:
+def _value(key: str, value: Any, overrides: list[dict[str, Any]], model: int | None) -> Any:
     """mergekit scalar, gradient list, or conditional [{filter, value}] list -> our value."""
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         default = None
@@ -277,11 +304,11 @@ def _value(key: str, value: Any, overrides: list[Override], model: int | None) -
                 )
             if "filter" in cond and cond["filter"] is not None:
                 params = {key: cond["value"]}
-                overrides.append(Override(
-                    match=[f"*{cond['filter']}*"],
-                    parameters=params if model is None else {},
-                    models={} if model is None else {model: params},
-                ))
+                overrides.append({
+                    "match": [f"*{cond['filter']}*"],
+                    "parameters": params if model is None else {},
+                    "models": {} if model is None else {model: params},
+                })
             else:
                 default = cond["value"]
         if default is None:

@@ -37,16 +37,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fusion_ui.errors import RecipeError
+from fusion_ui.mergekit_compat import is_mergekit_config, recipe_from_mergekit
 from fusion_ui.methods import MergeMethod, get_method
-from fusion_ui.methods.params import ParamSpec, as_number
+from fusion_ui.methods.params import ParamSpec, as_number, complement_value
 from fusion_ui.tensor_names import is_input_side, layer_index
 
 RECIPE_VERSION = 1
 ParamValue = Union[bool, int, float, str, list[float]]  # noqa: UP007 (pydantic reads it at runtime)
 Dtype = Literal["float32", "float16", "bfloat16"]
-
-# Names a recipe may use for the same quantity: density = 1 - drop_rate.
-_COMPLEMENTS = {"density": "drop_rate", "drop_rate": "density"}
 
 
 class ModelEntry(BaseModel):
@@ -378,17 +376,15 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def recipe_from_dict(data: Any, *, folder: Path | None = None, source: str = "recipe") -> Recipe:
     """Validate a parsed recipe (ours or mergekit's) and resolve its relative paths."""
-    from fusion_ui.mergekit_compat import is_mergekit_config, recipe_from_mergekit
-
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe must be a YAML mapping")
     if is_mergekit_config(data):
-        recipe = recipe_from_mergekit(data)
-    else:
-        try:
-            recipe = Recipe.model_validate(data)
-        except ValidationError as exc:
-            raise RecipeError(f"{source}: {format_validation(exc)}") from None
+        data = recipe_from_mergekit(data)  # plain recipe data, with mergekit's defaults
+        source = "mergekit config could not be converted"  # reported in mergekit terms
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(f"{source}: {format_validation(exc)}") from None
     recipe = recipe.with_paths_resolved(folder)
     recipe.validate_for_method()
     return recipe
@@ -415,7 +411,7 @@ def _check_values(
     m: MergeMethod, values: dict[str, Any], where: str, *, allow_per_model: bool, only_per_model: bool = False
 ) -> None:
     for key, value in values.items():
-        spec = _spec_for(m, key)
+        spec = m.param_for(key)
         if only_per_model and not spec.per_model:
             raise RecipeError(
                 f"{where}{key} is a global parameter of {m.name!r}: set it under `parameters:`"
@@ -431,34 +427,21 @@ def _check_values(
                 raise RecipeError(f"{where}{key}: a ramp needs at least one value")
         for a in anchors:
             if complement:
-                number = as_number(a)
-                if number is None:
-                    raise RecipeError(f"{where}{key} must be a number, got {a!r}")
-                a = 1.0 - float(number)
+                a = complement_value(a, f"{where}{key} ")
             spec.check(a, where)
-        other = _COMPLEMENTS.get(key)
-        if other and other in values:
-            raise RecipeError(f"{where}: give either {key} or {other} (= 1 - {key}), not both")
-
-
-def _spec_for(m: MergeMethod, key: str) -> ParamSpec:
-    names = {p.name for p in m.params}
-    if key in names:
-        return m.param(key)
-    other = _COMPLEMENTS.get(key)
-    if other in names:
-        return m.param(other)
-    return m.param(key)  # raises with the list of known parameters
+        if complement and spec.name in values:
+            raise RecipeError(
+                f"{where}: give either {spec.name} or {key} (= 1 - {spec.name}), not both"
+            )
 
 
 def _pick(spec: ParamSpec, layers: list[dict[str, Any]], pos: float, default: Any) -> Any:
     """The last value set for ``spec`` across layers of settings, ramps evaluated."""
     value: Any = default
     for values in layers:
-        if spec.name in values:
-            value = _scalar(values[spec.name], pos)
-        elif _COMPLEMENTS.get(spec.name) in values:
-            value = 1.0 - _scalar(values[_COMPLEMENTS[spec.name]], pos)
+        given = spec.value_in(values)
+        if given is not None:
+            value = _scalar(given, pos)
     if spec.kind == "float":
         return float(value)
     if spec.kind == "int":

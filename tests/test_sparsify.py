@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusion_ui.methods import sparsify
+from fusion_ui import rng
 from fusion_ui.methods.sparsify import (
     breadcrumbs,
     dare,
@@ -13,10 +13,8 @@ from fusion_ui.methods.sparsify import (
     della,
     della_keep_probabilities,
     magnitude_prune,
-    quantized_keep,
-    random16,
-    stream_key,
 )
+from fusion_ui.rng import quantized_keep, random16, stream_key
 
 M64 = (1 << 64) - 1
 
@@ -84,7 +82,7 @@ def test_same_key_same_bits_other_key_other_mask() -> None:
 
 def test_draws_are_splitmix64_of_key_and_index(monkeypatch: pytest.MonkeyPatch) -> None:
     # SplitMix64's first output from state 0 is 0xE220A8397B1DCDAF (its published test vector)
-    monkeypatch.setattr(sparsify, "stream_key", lambda key: 0)
+    monkeypatch.setattr(rng, "stream_key", lambda key: 0)
     assert random16(4, ("any",)).tolist() == [0xCDAF, 0x7B1D, 0xA839, 0xE220]
     monkeypatch.undo()
     key = (3, "model.layers.0.mlp.up_proj.weight", 2)

@@ -29,7 +29,7 @@ try:
 except ImportError:  # pragma: no cover - numba is a dependency; keep the reference usable without it
     _NUMBA = False
 
-from fusion_ui.methods.sparsify import GOLDEN, MIX1, MIX2  # noqa: E402 (after the layer is chosen)
+from fusion_ui.rng import GOLDEN, MIX1, MIX2  # noqa: E402 (after the layer is chosen)
 
 _LAUNCH = threading.Lock()  # one parallel kernel at a time (work-queue layer; also fair to the UI)
 

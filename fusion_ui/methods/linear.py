@@ -9,6 +9,7 @@ import torch
 
 from fusion_ui.errors import RecipeError
 from fusion_ui.methods.base import MergeMethod, NonFiniteInput, TensorContext
+from fusion_ui.methods.capabilities import Capabilities
 from fusion_ui.methods.params import WEIGHT, normalize_spec
 
 
@@ -17,7 +18,7 @@ class LinearMerge(MergeMethod):
     title = "Linear (weighted average)"
     summary = "Σ wi θi / Σ wi: average the models' weights; list the base as a model to mix it in."
     reference = "Wortsman et al. 2022 (model soups); Xiao et al. 2023, LM-Cocktail (arXiv 2311.13534)"
-    needs_base = False
+    capabilities = Capabilities(base="unused")  # θi themselves are mixed; list the base as a model
     params = (WEIGHT, normalize_spec(True))
 
     def check(self, params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:

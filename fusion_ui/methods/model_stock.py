@@ -7,6 +7,7 @@ import itertools
 import torch
 
 from fusion_ui.methods.base import MergeMethod, TensorContext
+from fusion_ui.methods.capabilities import Capabilities
 
 
 def model_stock_ratio(deltas: list[torch.Tensor]) -> float:
@@ -30,14 +31,13 @@ class ModelStockMerge(MergeMethod):
     title = "Model Stock"
     summary = "t·mean(θi) + (1−t)·θ0 with t from the fine-tunes' pairwise angle, per tensor."
     reference = "Jang et al. 2024, Model Stock (arXiv 2403.19522)"
-    needs_base = True
+    capabilities = Capabilities(base="required")
     min_models = 2
     params = ()
 
     @torch.no_grad()
     def merge(self, ctx: TensorContext) -> torch.Tensor:
-        base = ctx.base
-        assert base is not None
+        base = ctx.require_base(f"method {self.name!r}")
         t = model_stock_ratio([m - base for m in ctx.models])
         mean = torch.stack(ctx.models).mean(dim=0)
         return mean.mul_(t).add_(base, alpha=1.0 - t)

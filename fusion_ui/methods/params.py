@@ -3,6 +3,11 @@
 A parameter is global (one value for the merge) or per model (one value per fine-tune). Float
 parameters may also be given as a ramp: a list of values spread evenly across the layers and
 interpolated linearly between them (mergekit calls these gradients).
+
+A per-model share may have a complement: a second name a recipe may use for ``1 − value``
+(DARE's ``drop_rate`` p is ``1 − density``, the name TIES and mergekit use). The spec declares
+it (``complement``) and is its one owner: :meth:`ParamSpec.value_in` reads either spelling and
+:func:`complement_value` converts.
 """
 
 from __future__ import annotations
@@ -37,6 +42,22 @@ class ParamSpec:
     # may go to 10, but 0-2 is where they are used); None: the allowed range. Recipes may still
     # give any allowed value.
     slider_range: tuple[float, float] | None = None
+    # Another name a recipe may use for 1 − this value (``density`` for ``drop_rate``); a recipe
+    # gives one or the other, never both.
+    complement: str | None = None
+
+    def names(self) -> tuple[str, ...]:
+        """The keys a recipe may set this parameter with: its name, then its complement's."""
+        return (self.name,) if self.complement is None else (self.name, self.complement)
+
+    def value_in(self, values: dict[str, Any]) -> Any:
+        """This parameter's value in a mapping of settings (a scalar or ramp anchors), read under
+        its name or, converted, under its complement's; None if it is set under neither."""
+        if self.name in values:
+            return values[self.name]
+        if self.complement is not None and self.complement in values:
+            return complement_value(values[self.complement], f"{self.complement} ")
+        return None
 
     def check(self, value: Any, where: str) -> Scalar:
         """Validate and coerce one scalar value; ``where`` names it in the error."""
@@ -82,6 +103,16 @@ class ParamSpec:
         d = asdict(self)
         d["choices"] = list(self.choices)
         return d
+
+
+def complement_value(value: Any, where: str = "") -> float | list[float]:
+    """``1 − value`` (each anchor of a ramp), rounded to 12 decimals so that 1 − 0.9 reads 0.1."""
+    if isinstance(value, list):
+        return [complement_value(v, where) for v in value]  # type: ignore[misc]
+    number = as_number(value)
+    if number is None:
+        raise RecipeError(f"{where}must be a number, got {value!r}")
+    return round(1.0 - float(number), 12)
 
 
 def as_number(value: Any) -> float | int | None:
@@ -133,6 +164,7 @@ PRUNE_RESCALE = ParamSpec(
 DROP_RATE = ParamSpec(
     "drop_rate", 0.9, per_model=True, minimum=0.0, maximum=1.0, max_inclusive=False,
     label="drop rate p", help="Share of this model's delta elements dropped at random (DARE's p).",
+    complement="density",
 )
 
 
@@ -146,5 +178,5 @@ def normalize_spec(default: bool) -> ParamSpec:
 def density_spec(default: float, help: str) -> ParamSpec:
     return ParamSpec(
         "density", default, per_model=True, minimum=0.0, maximum=1.0, min_inclusive=False,
-        label="density", help=help,
+        label="density", help=help, complement="drop_rate",
     )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-from fusion_ui.errors import RecipeError
 from fusion_ui.methods.base import MergeMethod, TensorContext
+from fusion_ui.methods.capabilities import Capabilities
 from fusion_ui.methods.params import ParamSpec
 
 # Above this |cos| the two tensors are treated as colinear and interpolated linearly
@@ -38,7 +37,7 @@ class SlerpMerge(MergeMethod):
     title = "SLERP"
     summary = "Spherical interpolation between exactly two models; t=0 gives the first, t=1 the second."
     reference = "Shoemake 1985; popularised for LLMs by mergekit"
-    needs_base = False
+    capabilities = Capabilities(base="optional", base_switch="on_deltas")
     min_models = 2
     max_models = 2
     params = (
@@ -48,15 +47,11 @@ class SlerpMerge(MergeMethod):
                   help="Interpolate the two deltas from the base instead of the weights (needs a base)."),
     )
 
-    def needs_base_with(self, params: dict[str, Any]) -> bool:
-        return bool(params.get("on_deltas"))
-
     @torch.no_grad()
     def merge(self, ctx: TensorContext) -> torch.Tensor:
         t = float(ctx.params["t"])
         a, b = ctx.models
         if ctx.params["on_deltas"]:
-            if ctx.base is None:  # refused when the recipe is validated; kept as a clear error
-                raise RecipeError("slerp with on_deltas interpolates task vectors and needs a base: set `base:`")
-            return slerp(t, a - ctx.base, b - ctx.base).add_(ctx.base)
+            base = ctx.require_base("slerp with on_deltas: true")  # recipes without one are refused earlier
+            return slerp(t, a - base, b - base).add_(base)
         return slerp(t, a, b)

@@ -16,6 +16,7 @@ import torch
 
 from fusion_ui.errors import RecipeError
 from fusion_ui.methods.base import MergeMethod, NonFiniteInput, TensorContext
+from fusion_ui.methods.capabilities import Capabilities, RandomDrop
 from fusion_ui.methods.consensus import disjoint_sum, elect_sign
 from fusion_ui.methods.params import (
     DROP_RATE,
@@ -28,17 +29,16 @@ from fusion_ui.methods.params import (
     density_spec,
     normalize_spec,
 )
-from fusion_ui.methods.sparsify import (
-    breadcrumbs,
-    dare,
-    della,
-    keep_count,
-    magnitude_prune,
-    quantized_keep,
-    stream_key,
-)
+from fusion_ui.methods.sparsify import breadcrumbs, dare, della, keep_count, magnitude_prune
+from fusion_ui.rng import quantized_keep, stream_key
 
 Sparsifier = Literal["none", "magnitude", "dare", "magnitude_prune", "breadcrumbs", "della"]
+SPARSIFIERS: tuple[str, ...] = ("none", "magnitude", "dare", "magnitude_prune", "breadcrumbs", "della")
+
+# What each sparsifier makes the method: a random drop (DARE's has one rate per model, which
+# the DARE preview shows) and a rescale chosen by the `rescale` parameter.
+_RANDOM_DROPS = {"dare": RandomDrop(rate="drop_rate"), "della": RandomDrop(rate=None)}
+_RESCALED = ("dare", "magnitude_prune", "della")
 
 GAMMA = ParamSpec(
     "gamma", 0.01, per_model=True, minimum=0.0, maximum=1.0, max_inclusive=False, step=0.001,
@@ -51,13 +51,12 @@ EPSILON = ParamSpec(
 PRUNE_DROP_RATE = ParamSpec(
     "drop_rate", 0.9, per_model=True, minimum=0.0, maximum=1.0, max_inclusive=False,
     label="drop rate p", help="Share of the smallest-|δ| elements of this model's delta dropped.",
+    complement="density",
 )
 
 
 class TaskArithmeticFamily(MergeMethod):
     """One configurable method; the registry holds its named settings."""
-
-    needs_base = True
 
     def __init__(
         self,
@@ -70,6 +69,8 @@ class TaskArithmeticFamily(MergeMethod):
         consensus: bool,
         params: tuple[ParamSpec, ...],
     ) -> None:
+        if sparsifier not in SPARSIFIERS:
+            raise ValueError(f"unknown sparsifier {sparsifier!r}; expected one of {SPARSIFIERS}")
         self.name = name
         self.title = title
         self.summary = summary
@@ -77,7 +78,11 @@ class TaskArithmeticFamily(MergeMethod):
         self.sparsifier = sparsifier
         self.consensus = consensus
         self.params = params
-        self.uses_seed = sparsifier in ("dare", "della")
+        self.capabilities = Capabilities(
+            base="required",
+            random_drop=_RANDOM_DROPS.get(sparsifier),
+            rescale="rescale" if sparsifier in _RESCALED else None,
+        )
 
     def check(self, params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
         if self.sparsifier == "della":
@@ -109,12 +114,11 @@ class TaskArithmeticFamily(MergeMethod):
             return breadcrumbs(delta, mp["density"], mp["gamma"])
         if s == "della":
             return della(delta, mp["density"], mp["epsilon"], ctx.key(i), rescale=ctx.params["rescale"])
-        raise AssertionError(s)
+        raise ValueError(f"unknown sparsifier {s!r}; expected one of {SPARSIFIERS}")  # refused in __init__
 
     @torch.no_grad()
     def merge(self, ctx: TensorContext) -> torch.Tensor:
-        base = ctx.base
-        assert base is not None
+        base = ctx.require_base(f"method {self.name!r}")
         weighted: list[torch.Tensor] = []
         weights: list[float] = []
         for i, (theta, mp) in enumerate(zip(ctx.models, ctx.model_params, strict=True)):
@@ -141,16 +145,16 @@ class TaskArithmeticFamily(MergeMethod):
         from fusion_ui.kernels import cpu
         from fusion_ui.kernels.arrays import as_torch, kernel_inputs, kernel_output
 
-        rescale = ctx.params.get("rescale", "none")
+        rescale = ctx.params[self.capabilities.rescale] if self.capabilities.rescale else "none"
         if not cpu.available() or self.sparsifier not in ("none", "dare", "magnitude", "magnitude_prune"):
             return None
         if rescale == "l1":  # needs whole-tensor norms before the element pass: reference only
             return None
-        assert ctx.base is not None
-        arrays = kernel_inputs([ctx.base, *ctx.models])
+        base = ctx.require_base(f"method {self.name!r}")
+        arrays = kernel_inputs([base, *ctx.models])
         if arrays is None:
             return None
-        n = ctx.base.numel()
+        n = base.numel()
         m = len(ctx.models)
         mode = np.zeros(m, np.int64)
         thr = np.zeros(m, np.int64)
@@ -184,7 +188,7 @@ class TaskArithmeticFamily(MergeMethod):
         bad = cpu.task_arithmetic(arrays[0], arrays[1:], out, spec, topk)
         if bad:
             raise NonFiniteInput(None if bad == 1 else bad - 2)
-        return as_torch(out, ctx.base.shape, out_dtype, ctx.out_buffer)
+        return as_torch(out, base.shape, out_dtype, ctx.out_buffer)
 
 
 def _family(
