@@ -25,6 +25,7 @@ _COMMANDS = (
     "demo",
     "eval",
     "deltas",
+    "app",
 )
 
 

@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="build the built-in demo family (base, experts, eval sets)")
     actions = parser.add_subparsers(dest="demo_command", metavar="ACTION", required=True)
     build = actions.add_parser("build", help="train the family from scratch (deterministic for a seed)")
-    build.add_argument("--out", type=Path, default=None, help="output folder (default: the shipped assets/demo)")
+    build.add_argument("--out", type=Path, default=None, help="output folder (default: the shipped fusion_ui/assets/demo)")
     build.add_argument("--size", choices=("tiny", "full"), default="full", help="preset: tiny checks the pipeline in seconds")
     build.add_argument("--seed", type=int, default=None, help="root seed (default: the preset's, 0)")
     build.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1; part of bit-reproducibility)")

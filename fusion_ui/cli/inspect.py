@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from fusion_ui.inspect import inspect_models
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,6 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fusion_ui.inspect import inspect_models  # torch loads here, not for `fusion-ui --help`
+
     report = inspect_models([args.base, *args.models])
     print(report.format())
     return 0 if report.verdict != "incompatible" else 1

@@ -16,9 +16,7 @@ from types import FrameType
 from tqdm import tqdm
 
 from fusion_ui.errors import CancelledError
-from fusion_ui.export import export_merge
 from fusion_ui.progress import CancelToken, Progress
-from fusion_ui.recipe import load_recipe
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -47,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch and numba load here, not for `fusion-ui --help`
+    from fusion_ui.export import export_merge
+    from fusion_ui.recipe import load_recipe
+
     recipe = load_recipe(args.recipe)
     updates = {k: v for k, v in (("dtype", args.dtype), ("seed", args.seed)) if v is not None}
     if updates:

@@ -178,7 +178,16 @@ def build_family(
         for sub in [out_dir / "base", out_dir / "evals", *out_dir.glob("expert_*")]:
             shutil.rmtree(sub, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # One thread for bit-for-bit repeatable training; the caller's setting comes back afterwards.
+    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return _build(out_dir, cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(out_dir: Path, cfg: BuildConfig, progress: Progress | None) -> BuildReport:
     tokenizer = build_tokenizer()
     seconds: dict[str, float] = {}
     final_loss: dict[str, float] = {}

@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from fusion_ui.errors import FusionError
+from fusion_ui.resources import demo_evals_dir
 
 REQUIRED_COLUMNS = ("prompt", "answer")
-# Where the shipped demo family keeps its eval sets (a repository checkout or editable install).
-DEMO_EVALS_DIR = Path(__file__).resolve().parents[2] / "assets" / "demo" / "evals"
+# Where the shipped demo family keeps its eval sets (package data, see fusion_ui.resources).
+DEMO_EVALS_DIR = demo_evals_dir()
 
 
 class EvalSetError(FusionError):

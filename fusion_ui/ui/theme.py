@@ -1,12 +1,11 @@
-"""The app's look: a Gradio theme with system fonts only (nothing fetched), CSS and logo from assets/ui."""
+"""The app's look: a Gradio theme with system fonts only (nothing fetched), CSS and logo shipped as package data."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "ui"
+from fusion_ui.resources import ui_text
+
 SYSTEM_SANS = ("system-ui", "-apple-system", "Segoe UI", "Roboto", "Ubuntu", "DejaVu Sans", "sans-serif")
 SYSTEM_MONO = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "DejaVu Sans Mono", "monospace")
 
@@ -54,10 +53,10 @@ def fusion_theme() -> gr.themes.Base:
 
 
 def css() -> str:
-    path = ASSETS / "app.css"
-    return path.read_text(encoding="utf-8") if path.is_file() else ""
+    """The app's stylesheet (``fusion_ui/assets/ui/app.css``)."""
+    return ui_text("app.css")
 
 
 def logo_svg() -> str:
-    path = ASSETS / "logo.svg"
-    return path.read_text(encoding="utf-8") if path.is_file() else ""
+    """The header's logo (``fusion_ui/assets/ui/logo.svg``)."""
+    return ui_text("logo.svg")
