@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fusion_ui.errors import RecipeError
+from fusion_ui.errors import DeviceError
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -17,8 +17,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError) as exc:
-        raise RecipeError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+        raise DeviceError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RecipeError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use cpu or auto")
+        raise DeviceError(f"device {device!r} asked for, but this torch build sees no CUDA GPU; use cpu or auto")
     return dev
 

@@ -8,6 +8,7 @@
     ├── TensorValueError            NaN/inf in an input tensor
     ├── ExportError                 output folder exists, not enough disk space, write failure
     ├── InputError                  an input past the app's bounds (prompt, models, tokens, seed)
+    ├── DeviceError                 a compute device that is not there (CUDA without a GPU)
     ├── GenerationError             a model failed while generating text
     └── CancelledError              the user cancelled a long operation
 
@@ -76,6 +77,10 @@ class ExportError(FusionError):
 
 class InputError(FusionError):
     """An input outside what the app accepts: too long a prompt, too many models or tokens."""
+
+
+class DeviceError(FusionError):
+    """The compute device asked for is unknown or not available."""
 
 
 class GenerationError(FusionError):

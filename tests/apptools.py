@@ -9,7 +9,7 @@ from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from fusion_ui.engine import Engine  # noqa: E402
+from fusion_ui.app import Engine  # noqa: E402
 from fusion_ui.ui import build_app, launch  # noqa: E402
 
 

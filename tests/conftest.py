@@ -10,7 +10,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from factory import build_family  # noqa: E402
 
-torch.set_num_threads(2)
+
+@pytest.fixture
+def one_thread() -> object:
+    """torch on one thread for the test (bit-for-bit repeatable training and batching), then
+    back to what it was: changing it at import made the whole run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,7 @@ def test_journey_load_deltas_merge_generate_score_export(app: RunningApp, client
     recipe = recipe_from_dict(dare_ties(sel))
     status = client.predict(recipe.to_yaml(), api_name="/merge_recipe")
     assert "Merged" in status
-    preview = app.engine.preview_state(client.session_hash)
+    preview = app.engine.merges.preview_state(client.session_hash)
     expected = merge_to_state_dict(recipe, device="cpu")
     assert all(torch.equal(preview[k], v.float()) for k, v in expected.items())
 
@@ -90,11 +90,11 @@ def test_journey_load_deltas_merge_generate_score_export(app: RunningApp, client
     assert yaml.safe_load(written["recipe"])["method"] == "dare_ties" and "merge_method" in written["mergekit"]
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.config.num_hidden_layers == 3
-    kinds = [e["kind"] for e in app.engine.history.entries]
+    kinds = [e["kind"] for e in app.engine.context.history.entries]
     assert kinds[-2:] == ["merge", "export"]
 
     # Reload the first merge of the history into the Merge tab.
-    first = app.engine.history.entries[0]["id"]
+    first = app.engine.context.history.entries[0]["id"]
     loaded = client.predict(first, api_name="/load_history")
     assert any(isinstance(v, str) and "method: dare_ties" in v for v in loaded)
 

@@ -21,7 +21,8 @@ import pytest
 from apptools import RunningApp
 from factory import demo_like_family
 
-import fusion_ui.engine as engine_module
+import fusion_ui.app.compare as compare_module
+import fusion_ui.app.merges as merges_module
 from fusion_ui import recipe_from_dict
 from fusion_ui.runtime import JobState
 
@@ -80,7 +81,7 @@ def pick(page: Any, dropdown: str, option: str) -> None:
     page.get_by_role("option", name=option).first.click()
     if dropdown == "#method":  # wait until the recipe has been recomposed for the method
         method = option.rsplit("(", 1)[-1].rstrip(")")
-        ready = re.compile(rf"ready: {method} of|{re.escape(method)}.*needs|Tick")
+        ready = re.compile(rf"ready: {method} of|{re.escape(method)}.*needs|[Tt]ick")
         expect(page.locator("#recipe-note")).to_contain_text(ready, timeout=TIMEOUT_MS)
 
 
@@ -98,7 +99,7 @@ def session_of_page(app: RunningApp, kind: str, since: float) -> str:
 @pytest.fixture
 def slow_merges(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every merge takes ~0.1 s per tensor (about 3 s for the test family): time to click Stop."""
-    real = engine_module.run_merge
+    real = merges_module.run_merge
 
     def slow(plan: Any, sink: Any, *, device: Any, progress: Any = None, cancel: Any = None) -> None:
         def report(p: Any) -> None:
@@ -108,7 +109,7 @@ def slow_merges(monkeypatch: pytest.MonkeyPatch) -> None:
 
         real(plan, sink, device=device, progress=report, cancel=cancel)
 
-    monkeypatch.setattr(engine_module, "run_merge", slow)
+    monkeypatch.setattr(merges_module, "run_merge", slow)
 
 
 # -- Stop --------------------------------------------------------------------------------------
@@ -134,14 +135,14 @@ def test_stop_during_a_merge_ends_in_stopped_for_good(app: RunningApp, page: Any
     page.wait_for_timeout(1500)
     text = page.locator("#merge-status").inner_text()
     assert "Stopped" in text and "Stopping" not in text and "Merged" not in text
-    assert app.engine.preview_state(session) is None and app.engine.session_merge(session) is None
+    assert app.engine.merges.preview_state(session) is None and app.engine.merges.session_merge(session) is None
     shot(page, "j-stop-during-merge")
 
 
 def test_stop_right_after_merge_means_the_merge_does_not_happen(app: RunningApp, page: Any,
                                                                   slow_merges: None) -> None:
     open_tab(page, "merge")
-    merges_before = [e for e in app.engine.history.entries if e["kind"] == "merge"]
+    merges_before = [e for e in app.engine.context.history.entries if e["kind"] == "merge"]
     page.click("#merge-button")
     page.wait_for_timeout(30)
     page.click("#stop-button")
@@ -149,7 +150,7 @@ def test_stop_right_after_merge_means_the_merge_does_not_happen(app: RunningApp,
     status = page.locator("#merge-status").inner_text()
     assert "Merged" not in status and "Stopping" not in status
     assert "Stopped" in status or "Nothing is running" in status
-    assert [e for e in app.engine.history.entries if e["kind"] == "merge"] == merges_before
+    assert [e for e in app.engine.context.history.entries if e["kind"] == "merge"] == merges_before
 
 
 # -- history and recent choices ----------------------------------------------------------------
@@ -160,13 +161,13 @@ def test_a_new_page_shows_the_history_and_loads_from_it(app: RunningApp, browser
     recipe = recipe_from_dict({"method": "ties", "base": sel["base"],
                                "models": [{"model": m, "weight": 0.5, "density": 0.4} for m in sel["models"]]})
     for _ in range(3):
-        app.engine.merge_preview("someone-else", recipe.to_yaml())
+        app.engine.merges.merge("someone-else", recipe)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.goto(app.url)
     expect(page.locator("#verdict")).to_contain_text("Compatible", timeout=TIMEOUT_MS)
     open_tab(page, "export")
-    newest = app.engine.history.entries[-1]["id"]
+    newest = app.engine.context.history.entries[-1]["id"]
     expect(page.locator("#history")).to_contain_text("ties", timeout=TIMEOUT_MS)
     page.locator("#history-pick input").first.click()
     options = page.get_by_role("option")
@@ -191,11 +192,11 @@ def test_a_new_selection_is_a_recent_choice_at_once_and_live_merges_are_not_hist
 
     open_tab(page, "merge")
     page.locator("#live input").check()
-    count = len(app.engine.history.entries)
+    count = len(app.engine.context.history.entries)
     box = page.locator("#drop_rate-0 input[type=range]").first.bounding_box()
     page.mouse.click(box["x"] + 0.5 * box["width"], box["y"] + box["height"] / 2)
     expect(page.locator("#merge-status")).to_contain_text("Live re-merge", timeout=TIMEOUT_MS)
-    assert len(app.engine.history.entries) == count
+    assert len(app.engine.context.history.entries) == count
 
 
 # -- status lines after errors -----------------------------------------------------------------
@@ -259,7 +260,8 @@ def test_implicit_changes_never_toast_and_the_preview_follows_the_method(page: A
     expect(page.locator("#recipe-note")).to_contain_text("needs at least 2", timeout=TIMEOUT_MS)
     shot(page, "j-slerp-one-ticked")
     page.locator("#use-1 input").uncheck()
-    expect(page.locator("#recipe-note")).to_contain_text("Tick", timeout=TIMEOUT_MS)
+    expect(page.locator("#recipe-note")).to_contain_text(re.compile("tick “use in the merge”", re.I),
+                                                         timeout=TIMEOUT_MS)
     page.wait_for_timeout(500)
     assert page.locator(".toast-body").count() == 0
     page.locator("#use-0 input").check()  # the ticks stay as the user left them across methods
@@ -296,14 +298,14 @@ def test_a_reload_keeps_the_method_and_the_recipe(page: Any) -> None:
 def test_closing_the_page_cancels_its_job(app: RunningApp, browser: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     entered = threading.Event()
 
-    def endless(item: Any, prompt: str, settings: Any, cancel: Any) -> Any:
+    def endless(model: Any, tokenizer: Any, prompt: str, **options: Any) -> Any:
         entered.set()
         while True:
-            cancel.raise_if_cancelled()
+            options["cancel"].raise_if_cancelled()
             time.sleep(0.02)
             yield "x"
 
-    monkeypatch.setattr(engine_module, "_stream", endless)
+    monkeypatch.setattr(compare_module, "stream_continuation", endless)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.goto(app.url)
@@ -317,9 +319,9 @@ def test_closing_the_page_cancels_its_job(app: RunningApp, browser: Any, monkeyp
     context.close()  # the tab goes away mid-generation
     assert job.wait(30), "the generation kept the device after its page closed"
     assert job.state is JobState.CANCELLED
-    other = app.engine.start_merge("another-user", recipe_from_dict({
+    other = app.engine.merges.start("another-user", recipe_from_dict({
         "method": "linear", "models": [{"model": m} for m in app.engine.demo.selection()["models"]],
-    }).to_yaml())
+    }))
     assert other.wait(30) and other.state is JobState.FINISHED
 
 

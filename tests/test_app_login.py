@@ -62,10 +62,8 @@ def test_a_burst_of_wrong_passwords_then_the_right_one_is_refused(tmp_path_facto
     app = RunningApp(family, tmp_path_factory.mktemp("state"), auth="me:secret", login=throttle)
     try:
         with httpx.Client(base_url=app.url, timeout=10) as http:
-            start = time.perf_counter()
             codes = [http.post("login", data={"username": "me", "password": f"guess{k}"}).status_code
                      for k in range(300)]
-            burst = time.perf_counter() - start
             assert all(c >= 400 for c in codes)
             assert throttle.failures == 5 and throttle.refused == 295  # 295 guesses never looked at
             right = http.post("login", data={"username": "me", "password": "secret"})
@@ -73,6 +71,5 @@ def test_a_burst_of_wrong_passwords_then_the_right_one_is_refused(tmp_path_facto
             time.sleep(max(0.0, throttle.wait_left()) + 0.05)
             right = http.post("login", data={"username": "me", "password": "secret"})
             assert right.status_code < 400, right.text
-        assert burst < 60  # refusals are immediate: the server is not tied up by them
     finally:
         app.close()

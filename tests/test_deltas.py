@@ -3,7 +3,6 @@ cache, progress/cancel, and the DARE preview against the merge engine's own DARE
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import save_file
+from deltas_models import write_model
 
 from fusion_ui.deltas import (
     OUTSIDE_BLOCKS,
@@ -28,15 +27,6 @@ from fusion_ui.progress import CancelToken
 
 N = 1 << 18  # elements per synthetic tensor: share errors ~2e-4, quick on 2 cores
 SIGMAS = {"q": 0.001, "k": 0.002, "v": 0.005, "o": 0.02}
-
-
-def write_model(folder: Path, tensors: dict[str, torch.Tensor], *, layers: int = 2) -> Path:
-    """A minimal HF folder: config.json + one safetensors file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    config = {"model_type": "llama", "num_hidden_layers": layers, "hidden_size": 8}
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
 
 
 def phi(x: float) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_deltas import write_model
+from deltas_models import write_model
 
 from fusion_ui.cli import main
 from fusion_ui.deltas import DeltaReport, analyze_deltas, dare_preview

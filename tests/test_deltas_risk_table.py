@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_figures import family
+from deltas_models import family
 
 from fusion_ui.deltas import DeltaReport, analyze_deltas
 from fusion_ui.deltas.report import short_tensor_names

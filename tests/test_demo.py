@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import time
 
 import pytest
 import torch
@@ -28,17 +27,14 @@ from fusion_ui.demo.skills import (
 from fusion_ui.errors import ExportError, RecipeError
 from fusion_ui.evals import evaluate, load_eval_sets
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = PRESETS["tiny"]
 MODEL_FILES = {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"}
 
 
 @pytest.fixture(scope="module")
 def tiny_family(tmp_path_factory):
-    out = tmp_path_factory.mktemp("family")
-    start = time.perf_counter()
-    report = build_family(out, TINY)
-    return report, time.perf_counter() - start
+    return build_family(tmp_path_factory.mktemp("family"), TINY)
 
 
 def test_skills_transform_as_documented():
@@ -103,9 +99,8 @@ def test_tokenizer_is_one_token_per_character_plus_skill_openers(tmp_path):
     assert loaded.decode(loaded.encode(text) + [loaded.eos_token_id], skip_special_tokens=True) == text
 
 
-def test_tiny_build_is_fast_and_transformers_loads_every_folder(tiny_family):
-    report, seconds = tiny_family
-    assert seconds < 30
+def test_tiny_build_writes_folders_transformers_loads(tiny_family):
+    report = tiny_family
     assert set(report.models) == {"base", *(f"expert_{s}" for s in EXPERT_SKILLS)}
     for folder in report.models.values():
         assert MODEL_FILES <= {p.name for p in folder.iterdir()}
@@ -121,7 +116,7 @@ def test_tiny_build_is_fast_and_transformers_loads_every_folder(tiny_family):
 
 
 def test_experts_are_small_deltas_of_the_base(tiny_family):
-    report, _ = tiny_family
+    report = tiny_family
     base = load_file(report.models["base"] / "model.safetensors")
     for skill in EXPERT_SKILLS:
         expert = load_file(report.models[f"expert_{skill}"] / "model.safetensors")
@@ -132,7 +127,7 @@ def test_experts_are_small_deltas_of_the_base(tiny_family):
 
 
 def test_eval_sets_are_written_and_score_the_family(tiny_family):
-    report, _ = tiny_family
+    report = tiny_family
     items = load_eval_sets([report.out_dir / "evals"])
     assert {it.skill for it in items} == {*EXPERT_SKILLS, "general"}
     assert len(items) == TINY.eval_items * (len(EXPERT_SKILLS) + 1)
@@ -144,7 +139,7 @@ def test_eval_sets_are_written_and_score_the_family(tiny_family):
 
 
 def test_same_seed_gives_the_same_bits_and_another_seed_does_not(tiny_family, tmp_path):
-    report, _ = tiny_family
+    report = tiny_family
     again = build_family(tmp_path / "again", TINY)
     other = build_family(tmp_path / "other", dataclasses.replace(TINY, seed=1))
     for name, folder in report.models.items():
@@ -155,7 +150,7 @@ def test_same_seed_gives_the_same_bits_and_another_seed_does_not(tiny_family, tm
 
 
 def test_build_refuses_to_overwrite_without_asking(tiny_family):
-    report, _ = tiny_family
+    report = tiny_family
     with pytest.raises(ExportError, match="overwrite"):
         build_family(report.out_dir, TINY)
     with pytest.raises(RecipeError):

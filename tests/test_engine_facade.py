@@ -1,4 +1,4 @@
-"""The app's engine facade (fusion_ui.engine), without Gradio: cache, preview merges, streaming,
+"""The app's engine (fusion_ui.app, one facade per tab), without Gradio: cache, preview merges, streaming,
 evals, export and history."""
 
 from __future__ import annotations
@@ -12,17 +12,18 @@ from factory import SKILLS, dare_ties, demo_like_family
 from transformers import AutoModelForCausalLM
 
 from fusion_ui import merge_to_state_dict, recipe_from_dict
-from fusion_ui.engine import (
+from fusion_ui.app import (
     DemoFamily,
     Engine,
     GenerationSettings,
-    LoadedModel,
-    ModelCache,
+    MergeRef,
     check_ref,
     make_selection,
+    parse_recipe,
 )
 from fusion_ui.errors import ExportError, InputError, ModelSourceError, RecipeError
 from fusion_ui.evals import greedy_generate, load_causal_lm
+from fusion_ui.runtime.cache import LoadedModel, ModelCache
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_demo_family_is_discovered_or_absent(family: Path, tmp_path: Path) -> No
     assert demo is not None and set(demo.experts) == set(SKILLS) and set(demo.eval_sets) == set(SKILLS)
     assert demo.selection()["labels"] == ["expert_alpha", "expert_beta"]
     assert DemoFamily.find(tmp_path / "nothing") is None
-    assert Engine(demo_dir=tmp_path / "nothing", state_dir=tmp_path).presets() == {}
+    assert Engine(demo_dir=tmp_path / "nothing", state_dir=tmp_path).models.presets() == {}
 
 
 def test_check_ref_explains_what_is_wrong(family: Path, tmp_path: Path) -> None:
@@ -68,81 +69,81 @@ def test_model_cache_evicts_least_recently_used_and_refuses_oversized() -> None:
 
 def test_inspect_remembers_recent_selections(engine: Engine) -> None:
     sel = engine.demo.selection()
-    result = engine.inspect(sel)
+    result = engine.models.inspect(sel)
     assert result.verdict == "compatible" and len(result.table) == 3
-    assert any(name.startswith("Recent:") for name in engine.presets())
+    assert any(name.startswith("Recent:") for name in engine.models.presets())
 
 
 def test_preview_merge_equals_merge_to_state_dict_and_is_re_merged_in_place(engine: Engine) -> None:
     sel = engine.demo.selection()
     first = recipe_from_dict(dare_ties(sel, 0.9))
-    engine.merge_preview("s1", first.to_yaml())
-    model_id = id(engine.cache.peek("merge:s1").model)
+    engine.merges.merge("s1", first)
+    model_id = id(engine.context.cache.peek("merge:s1").model)
     expected = merge_to_state_dict(first, device="cpu")
-    state = engine.preview_state("s1")
+    state = engine.merges.preview_state("s1")
     assert all(torch.equal(state[k], v.float()) for k, v in expected.items())
 
     second = recipe_from_dict(dare_ties(sel, 0.5, seed=3))
-    engine.merge_preview("s1", second.to_yaml())
-    assert id(engine.cache.peek("merge:s1").model) == model_id  # the same module, re-merged
+    engine.merges.merge("s1", second)
+    assert id(engine.context.cache.peek("merge:s1").model) == model_id  # the same module, re-merged
     expected = merge_to_state_dict(second, device="cpu")
-    state = engine.preview_state("s1")
+    state = engine.merges.preview_state("s1")
     assert all(torch.equal(state[k], v.float()) for k, v in expected.items())
-    assert engine.preview_state("other-session") is None  # sessions do not share previews
-    assert [e["kind"] for e in engine.history.entries] == ["merge", "merge"]
+    assert engine.merges.preview_state("other-session") is None  # sessions do not share previews
+    assert [e["kind"] for e in engine.context.history.entries] == ["merge", "merge"]
 
 
 def test_side_by_side_streams_every_column_like_greedy_generate(engine: Engine) -> None:
     sel = engine.demo.selection()
-    recipe = recipe_from_dict(dare_ties(sel)).to_yaml()
-    cols = engine.columns(sel, recipe)
+    recipe = recipe_from_dict(dare_ties(sel))
+    cols = engine.compare.columns(sel, MergeRef(recipe))
     assert [c.label for c in cols] == ["base", "expert_alpha", "expert_beta", "merge"]
-    snapshots = list(engine.generate_side_by_side("s", cols, "alpha: abc =", GenerationSettings(max_new_tokens=6)))
+    snapshots = list(engine.compare.generate_side_by_side("s", cols, "alpha: abc =", GenerationSettings(max_new_tokens=6)))
     final = snapshots[-1]
     assert len(snapshots) > len(cols)  # streamed piece by piece, not one answer per column
     assert all(text.strip() for text in final)
     model, tok = load_causal_lm(sel["base"], device="cpu")
     assert final[0] == greedy_generate(model, tok, ["alpha: abc ="], max_new_tokens=6)[0]
     with pytest.raises(InputError, match="prompt"):
-        next(engine.generate_side_by_side("s", cols, "   "))
+        next(engine.compare.generate_side_by_side("s", cols, "   "))
 
 
 def test_evaluate_scores_every_column(engine: Engine, tmp_path: Path) -> None:
     sel = engine.demo.selection()
     upload = tmp_path / "mine.csv"
     upload.write_text("prompt,answer\nabc =,cba\n")
-    items = engine.eval_items(["alpha"], str(upload))
-    results = engine.evaluate("s", engine.columns(sel, None), items, per_skill=2)
+    items = engine.compare.eval_items(["alpha"], str(upload))
+    results = engine.compare.evaluate("s", engine.compare.columns(sel, None), items, per_skill=2)
     assert set(results["model"]) == {"base", "expert_alpha", "expert_beta"}
     assert set(results["skill"]) == {"alpha", "mine"}
     with pytest.raises(RecipeError, match="eval set"):
-        engine.eval_items([], None)
+        engine.compare.eval_items([], None)
 
 
 def test_export_reloads_with_transformers_and_is_in_history(engine: Engine, tmp_path: Path) -> None:
     sel = engine.demo.selection()
     recipe = recipe_from_dict(dare_ties(sel))
     out = tmp_path / "merged"
-    summary = engine.export("s", recipe.to_yaml(), str(out), dtype="bfloat16", tokenizer_source="model:1")
+    summary = engine.exports.export("s", recipe, str(out), dtype="bfloat16", tokenizer_source="model:1")
     assert Path(summary.path) == out and "README.md" in summary.files and summary.mergekit_yaml
     assert yaml.safe_load(summary.recipe_yaml)["tokenizer_source"] == "model:1"
     model = AutoModelForCausalLM.from_pretrained(out)
     expected = merge_to_state_dict(recipe.model_copy(update={"dtype": "bfloat16"}), device="cpu")
     got = model.state_dict()
     assert all(torch.equal(got[k].to(v.dtype), v) for k, v in expected.items())
-    entry = engine.history.entries[-1]
+    entry = engine.context.history.entries[-1]
     assert entry["kind"] == "export" and entry["path"] == str(out)
-    assert engine.parse_recipe(engine.history_recipe(entry["id"])).tokenizer_source == "model:1"
+    assert parse_recipe(engine.exports.history_recipe(entry["id"])).tokenizer_source == "model:1"
     with pytest.raises(ExportError, match="exists"):
-        engine.export("s", recipe.to_yaml(), str(out))
+        engine.exports.export("s", recipe, str(out))
     # The history survives a restart.
-    again = Engine(demo_dir=None, state_dir=engine.state_dir, export_root=engine.export_root)
-    assert len(again.history_table()) == len(engine.history.entries)
+    again = Engine(demo_dir=None, state_dir=engine.context.state_dir, export_root=engine.exports.root)
+    assert len(again.exports.history_table()) == len(engine.context.history.entries)
 
 
 def test_bad_recipes_are_recipe_errors(engine: Engine) -> None:
     with pytest.raises(RecipeError, match="YAML"):
-        engine.parse_recipe("method: [unclosed")
+        parse_recipe("method: [unclosed")
     with pytest.raises(RecipeError):
-        engine.parse_recipe("method: no_such_method\nmodels: [a]\n")
+        parse_recipe("method: no_such_method\nmodels: [a]\n")
     assert engine.cancel("nobody") is False

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from fusion_ui.demo.tokenizer import build_tokenizer
-from fusion_ui.errors import RecipeError
+from fusion_ui.errors import DeviceError
 from fusion_ui.evals import (
     EvalItem,
     EvalSetError,
@@ -32,7 +32,7 @@ from fusion_ui.evals import (
 )
 from fusion_ui.evals.perplexity import continuation, encode_pair
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -182,8 +182,8 @@ def test_continuation_adds_one_space_only_when_needed():
 
 def test_device_auto_and_errors():
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(RecipeError):
+    with pytest.raises(DeviceError):
         resolve_device("quantum")
     if not torch.cuda.is_available():
-        with pytest.raises(RecipeError, match="no CUDA"):
+        with pytest.raises(DeviceError, match="no CUDA"):
             resolve_device("cuda")

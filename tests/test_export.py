@@ -18,9 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from fusion_ui import (
     CancelledError,
     CancelToken,
+    DeviceError,
     ExportError,
     IncompatibleModelsError,
-    RecipeError,
     TensorValueError,
     export_merge,
     merge_into_model,
@@ -262,7 +262,7 @@ def test_asking_for_a_missing_gpu_fails_before_any_work(llama_family: dict[str, 
         raise AssertionError("planned a merge for a device that is not there")
 
     monkeypatch.setattr(export_mod, "plan_merge", no_planning)
-    with pytest.raises(RecipeError, match="sees no CUDA GPU"):
+    with pytest.raises(DeviceError, match="sees no CUDA GPU"):
         export_merge(recipe(llama_family), tmp_path / "out", device="cuda")
     assert list(tmp_path.iterdir()) == []
 

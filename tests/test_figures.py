@@ -7,8 +7,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 import pytest
-import torch
-from test_deltas import write_model
+from deltas_models import family
 
 from fusion_ui.cli import main
 from fusion_ui.deltas import DeltaReport, analyze_deltas, dare_preview
@@ -22,24 +21,6 @@ from fusion_ui.figures import (
     pairwise_heatmap,
     write_html_report,
 )
-
-NAMES = [
-    "model.embed_tokens.weight",
-    *(f"model.layers.{i}.{m}.weight" for i in range(3)
-      for m in ("self_attn.q_proj", "self_attn.o_proj", "mlp.down_proj", "input_layernorm")),
-]
-
-
-def family(root: Path, sigmas: dict[str, float]) -> dict[str, Path]:
-    """bf16 base N(0, 0.02) and fine-tunes base + N(0, σ); the 'big' one has σ = 0.02."""
-    g = torch.Generator().manual_seed(7)
-    base = {n: torch.randn(64, 128, generator=g) * 0.02 if "norm" not in n else torch.ones(128)
-            for n in NAMES}
-    paths = {"base": write_model(root / "base", {k: v.bfloat16() for k, v in base.items()}, layers=3)}
-    for label, sigma in sigmas.items():
-        ft = {k: (v + torch.randn(v.shape, generator=g) * sigma).bfloat16() for k, v in base.items()}
-        paths[label] = write_model(root / label, ft, layers=3)
-    return paths
 
 
 @pytest.fixture(scope="module")

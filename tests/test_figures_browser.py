@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_figures_fit import _app_figures, models, report  # noqa: F401  (fixtures)
+from deltas_models import app_figures, family
+
+from fusion_ui.deltas import DeltaReport, analyze_deltas
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -26,6 +28,16 @@ ARTIFACTS = Path(os.environ.get("FUSION_UI_ARTIFACTS", REPO / "test-artifacts"))
 # ~600-650 px. Titles are anchored top-left, so fitting the narrow end (a smaller window) is
 # fitting every width above it.
 WIDTHS = {"full": 1000, "half": 500}
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return family(tmp_path_factory.mktemp("fit"), {"expert_small": 0.001, "expert_big": 0.004})
+
+
+@pytest.fixture(scope="module")
+def report(models: dict[str, Path]) -> DeltaReport:
+    return analyze_deltas(models["base"], [models["expert_small"], models["expert_big"]], cache=False)
+
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -59,10 +71,10 @@ def page() -> Iterator[Any]:
         browser.close()
 
 
-def test_titles_fit_inside_the_figure_at_app_widths(page: Any, report, models) -> None:  # noqa: F811
+def test_titles_fit_inside_the_figure_at_app_widths(page: Any, report, models) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     problems = []
-    for name, (fig, fit) in _app_figures(report, models).items():
+    for name, (fig, fit) in app_figures(report, models).items():
         for width in (WIDTHS["half" if fit < 800 else "full"],):
             div = f"fig-{name.replace(' ', '-')}-{width}"
             page.evaluate(

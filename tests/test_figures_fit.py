@@ -11,8 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 import torch
-from test_deltas import write_model
-from test_figures import family
+from deltas_models import TENSOR, app_figures, family, write_model
 
 from fusion_ui.deltas import DeltaReport, analyze_deltas, dare_preview
 from fusion_ui.figures import (
@@ -20,13 +19,9 @@ from fusion_ui.figures import (
     dare_preview_histogram,
     delta_histogram,
     fit_log_range,
-    layer_module_heatmap,
-    pairwise_heatmap,
     score_chart,
 )
 from fusion_ui.figures.style import (
-    FULL_FIT_PX,
-    HALF_FIT_PX,
     LINE_SPACING,
     SIDE_PAD_PX,
     SUBTITLE_PX,
@@ -34,8 +29,6 @@ from fusion_ui.figures.style import (
     text_width_px,
     wrap_px,
 )
-
-TENSOR = "model.layers.1.mlp.down_proj.weight"
 
 
 @pytest.fixture(scope="module")
@@ -161,22 +154,8 @@ def _header_lines(fig: go.Figure) -> list[tuple[str, int]]:
     return lines
 
 
-def _app_figures(report: DeltaReport, models: dict[str, Path]) -> dict[str, tuple[go.Figure, int]]:
-    preview = dare_preview(models["base"], models["expert_big"], TENSOR, drop_rate=0.9, device="cpu")
-    return {
-        "histogram": (delta_histogram(report), FULL_FIT_PX),
-        "drill-down": (delta_histogram(report, tensor=TENSOR), FULL_FIT_PX),
-        "heatmap": (layer_module_heatmap(report, "expert_small"), HALF_FIT_PX),
-        "heatmap share": (layer_module_heatmap(report, "expert_big", metric="share_above_0.005"),
-                          HALF_FIT_PX),
-        "cosine": (pairwise_heatmap(report, metric="cosine"), HALF_FIT_PX),
-        "conflict": (pairwise_heatmap(report, metric="sign_conflict"), HALF_FIT_PX),
-        "preview": (dare_preview_histogram(preview), FULL_FIT_PX),
-    }
-
-
 def test_every_title_line_fits_the_width_it_is_shown_at(report: DeltaReport, models) -> None:
-    for name, (fig, width) in _app_figures(report, models).items():
+    for name, (fig, width) in app_figures(report, models).items():
         lines = _header_lines(fig)
         assert lines, name
         for line, size in lines:

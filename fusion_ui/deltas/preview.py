@@ -27,7 +27,8 @@ from fusion_ui.deltas.stats import (
 )
 from fusion_ui.device import resolve_device
 from fusion_ui.errors import IncompatibleModelsError, ModelSourceError, RecipeError
-from fusion_ui.methods.sparsify import RESCALE_MODES, Rescale, dare, quantized_keep
+from fusion_ui.methods.sparsify import RESCALE_MODES, Rescale, dare
+from fusion_ui.rng import quantized_keep
 
 
 @dataclass(frozen=True)

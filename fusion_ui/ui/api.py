@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from fusion_ui.engine import Engine
+from fusion_ui.app import Engine, parse_recipe
 from fusion_ui.ui.shared import JOB_EVENT, session_of, user_errors
 
 
@@ -25,8 +25,7 @@ def register(engine: Engine) -> None:
     @user_errors
     def merge_recipe(recipe: str, allow_large_deltas: bool = False, request: gr.Request = None) -> str:  # type: ignore[assignment]
         """Merge a recipe (YAML) into this session's preview model; returns a one-line summary."""
-        job = engine.start_merge(session_of(request), recipe, allow_large_deltas=allow_large_deltas)
-        result = engine.wait(job)
+        result = engine.merges.merge(session_of(request), parse_recipe(recipe), allow_large_deltas=allow_large_deltas)
         warn = "".join(f"; warning: {w}" for w in result.warnings[:6])
         return f"Merged {result.tensors} tensors in {result.seconds:.1f} s{warn}"
 
@@ -43,12 +42,11 @@ def register(engine: Engine) -> None:
         request: gr.Request = None,  # type: ignore[assignment]
     ) -> dict:
         """Export a recipe (YAML) to ``folder`` under the export root; returns what was written."""
-        job = engine.start_export(
-            session_of(request), recipe, folder, dtype=dtype or None, max_shard_size=max_shard_size,
+        s = engine.exports.export(
+            session_of(request), parse_recipe(recipe), folder, dtype=dtype or None, max_shard_size=max_shard_size,
             tokenizer_source=tokenizer_source, write_mergekit=write_mergekit, force=replace,
             allow_large_deltas=allow_large_deltas,
         )
-        s = engine.wait(job)
         return {"folder": s.path, "files": s.files, "size_bytes": s.size_bytes, "seconds": s.seconds,
                 "warnings": s.warnings, "recipe": s.recipe_yaml, "mergekit": s.mergekit_yaml or ""}
 

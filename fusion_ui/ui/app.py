@@ -17,7 +17,7 @@ import gradio as gr  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 
 from fusion_ui import __version__  # noqa: E402
-from fusion_ui.engine import Engine, make_selection  # noqa: E402
+from fusion_ui.app import Engine, MergeRef, make_selection, parse_recipe  # noqa: E402
 from fusion_ui.errors import FusionError  # noqa: E402
 from fusion_ui.ui import api, compare, deltas, export, merge, models  # noqa: E402
 from fusion_ui.ui.login import LoginThrottle  # noqa: E402
@@ -130,12 +130,14 @@ def build_app(engine: Engine) -> gr.Blocks:
                     last = {}
             out |= {models_tab.base: base, models_tab.finetunes: finetunes, models_tab.table: table,
                     models_tab.verdict: verdict, selection: sel}
-            recipe = _restorable(engine, last.get("recipe"), sel)
+            recipe = _restorable(last.get("recipe"), sel)
             out |= for_selection(recipe.method if recipe else method, sel, recipe)
             if recipe is not None:
                 out |= {merge_tab.recipe: recipe.to_yaml(), merge_tab.status: RESTORED}
-                if isinstance(last.get("merged"), dict) and last["merged"].get("recipe"):
-                    out[merged] = last["merged"]
+                saved_merge = last.get("merged") if isinstance(last.get("merged"), dict) else {}
+                merge_recipe = _restorable(saved_merge.get("recipe"), sel)
+                if merge_recipe is not None:
+                    out[merged] = MergeRef(merge_recipe, bool(saved_merge.get("allow_large_deltas")))
             return out
 
         startup_outputs = [models_tab.preset, export_tab.history, export_tab.history_pick, models_tab.base,
@@ -146,11 +148,14 @@ def build_app(engine: Engine) -> gr.Blocks:
             .then(prefetch, selection, None, api_name="prefetch_deltas_on_start", **hidden, **QUICK) \
             .then(refresh_merge, merge_form, refresh_outputs, api_name="refresh_on_start", **hidden, **JOB_EVENT)
 
-        def remember(recipe_text: str, state: Any, sel: dict | None) -> dict[str, Any]:
+        def remember(recipe_text: str, state: MergeRef | None, sel: dict | None) -> dict[str, Any]:
+            """What a reload brings back, as JSON in the browser's local storage."""
             if not sel:
                 return gr.skip()
+            merge = None if state is None else {"recipe": state.recipe.to_yaml(),
+                                                 "allow_large_deltas": state.allow_large_deltas}
             return {"base": sel["base"], "finetunes": "\n".join(sel["models"]), "recipe": recipe_text,
-                    "merged": state}
+                    "merged": merge}
 
         for trigger in (merge_tab.recipe.change, merged.change):
             trigger(remember, [merge_tab.recipe, merged, selection], saved, api_name="remember", queue=False,
@@ -166,11 +171,11 @@ def build_app(engine: Engine) -> gr.Blocks:
                 entry_id = int(str(entry).lstrip("#").split()[0])
             except (ValueError, IndexError):
                 raise gr.Error(f"{entry!r} is not a merge of the history: pick one from the list.") from None
-            text = engine.history_recipe(entry_id)
-            recipe = engine.parse_recipe(text)
+            text = engine.exports.history_recipe(entry_id)
+            recipe = parse_recipe(text)
             if not recipe.base:
                 raise gr.Error("This recipe has no base model; the app needs one to preview it.")
-            sel = make_selection(recipe.base, [m.model for m in recipe.models])
+            sel = make_selection(recipe.base, [m.model for m in recipe.models], limits=engine.limits)
             out = for_selection(recipe.method, sel, recipe)
             return out | {merge_tab.recipe: text, selection: sel, models_tab.base: recipe.base,
                           models_tab.finetunes: "\n".join(sel["models"]), tabs: gr.Tabs(selected="merge")}
@@ -192,12 +197,12 @@ def build_app(engine: Engine) -> gr.Blocks:
     return app
 
 
-def _restorable(engine: Engine, text: Any, sel: dict[str, Any]) -> Any:
+def _restorable(text: Any, sel: dict[str, Any]) -> Any:
     """The saved recipe, if it still parses and merges models of this selection (else None)."""
     if not isinstance(text, str) or not text.strip():
         return None
     try:
-        recipe = engine.parse_recipe(text)
+        recipe = parse_recipe(text)
     except FusionError:
         return None
     if recipe.base != sel["base"] or not {m.model for m in recipe.models} <= set(sel["models"]):

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from fusion_ui.engine import GenerationSettings
+from fusion_ui.app import GenerationSettings
 from fusion_ui.figures import score_chart
+from fusion_ui.resources import ui_text
 from fusion_ui.runtime import JobState
 from fusion_ui.ui.shared import (
     JOB_EVENT,
@@ -34,12 +34,12 @@ from fusion_ui.ui.shared import (
     user_errors,
 )
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "ui"
+
 def example_prompts() -> list[tuple[str, str]]:
-    """(label, prompt) pairs from ``assets/ui/example_prompts.json`` (empty if it is missing)."""
+    """(label, prompt) pairs from the shipped ``example_prompts.json`` (empty if it is missing)."""
     try:
-        data = json.loads((ASSETS / "example_prompts.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(ui_text("example_prompts.json") or "{}")
+    except json.JSONDecodeError:
         return []
     return [(f"{p['skill']} · {p['prompt']}", p["prompt"]) for p in data.get("prompts", [])]
 
@@ -99,7 +99,7 @@ def build(shared: Shared) -> CompareTab:
             chart = gr.Plot(label="Scores", show_label=False, elem_id="score-chart")
 
     def columns(selection: dict | None, merged: Any) -> list[Any]:
-        cols = engine.columns(selection, merged)
+        cols = engine.compare.columns(selection, merged)
         return [
             gr.update(visible=True, label=cols[i].label, value="") if i < len(cols) else gr.update(visible=False)
             for i in range(MAX_COLUMNS)
@@ -109,11 +109,11 @@ def build(shared: Shared) -> CompareTab:
     def run(prompt_text: str, max_new: float, greedy_on: bool, temp: float, seed_value: float, stop_at_nl: bool,
             selection: dict | None, merged: Any, request: gr.Request) -> Iterator[list[Any]]:
         session = session_of(request)
-        cols = engine.columns(require_selection(selection), merged or engine.session_merge(session))
+        cols = engine.compare.columns(require_selection(selection), merged or engine.merges.session_merge(session))
         try:
             settings = GenerationSettings.checked(max_new, greedy_on, temp, seed_value, stop_at_nl,
                                                   limits=limits)
-            job = engine.start_generation(session, cols, prompt_text, settings)
+            job = engine.compare.start_generation(session, cols, prompt_text, settings)
         except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
             yield [failed_line(message_of(exc)), *[gr.skip()] * MAX_COLUMNS]
             raise
@@ -141,9 +141,9 @@ def build(shared: Shared) -> CompareTab:
                   request: gr.Request) -> Iterator[dict[Any, Any]]:
         session = session_of(request)
         try:
-            cols = engine.columns(require_selection(selection), merged or engine.session_merge(session))
-            items = engine.eval_items(chosen or [], file)
-            job = engine.start_evaluation(session, cols, items, per_skill=int(n))
+            cols = engine.compare.columns(require_selection(selection), merged or engine.merges.session_merge(session))
+            items = engine.compare.eval_items(chosen or [], file)
+            job = engine.compare.start_evaluation(session, cols, items, per_skill=int(n))
         except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
             yield {status: failed_line(message_of(exc))}
             raise

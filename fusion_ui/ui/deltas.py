@@ -8,7 +8,7 @@ from typing import Any
 
 import gradio as gr
 
-from fusion_ui.engine import DEFAULT_HEATMAP_METRIC
+from fusion_ui.app.deltas import DEFAULT_HEATMAP_METRIC
 from fusion_ui.runtime import JobState
 from fusion_ui.ui.shared import (
     JOB_EVENT,
@@ -67,7 +67,7 @@ def build(shared: Shared) -> DeltasTab:
     histogram = gr.Plot(label="|δ| histograms, whole model", show_label=False, elem_id="delta-histogram")
     with gr.Row():
         model = gr.Dropdown([], label="Fine-tune", elem_id="delta-model")
-        metric = gr.Dropdown([(v, k) for k, v in engine.heatmap_metrics().items()], value=DEFAULT_HEATMAP_METRIC,
+        metric = gr.Dropdown([(v, k) for k, v in engine.deltas.heatmap_metrics().items()], value=DEFAULT_HEATMAP_METRIC,
                              label="Heatmap colour")
     with gr.Row(equal_height=False):
         heatmap = gr.Plot(label="layer × module", show_label=False, elem_id="delta-heatmap")
@@ -86,7 +86,7 @@ def build(shared: Shared) -> DeltasTab:
     summary = gr.Dataframe(label="Verdict per fine-tune", interactive=False, visible=False)
 
     def overview(sel: dict[str, Any], metric_key: str) -> dict[Any, Any]:
-        view = engine.delta_overview(sel, "", metric_key)
+        view = engine.deltas.overview(sel, "", metric_key)
         layers = [(ALL, ALL)] + [(label, str(v)) for label, v in view["layers"]]
         return {
             verdicts: verdict_cards(view["summary"]), summary: view["summary"], histogram: view["histogram"],
@@ -100,8 +100,8 @@ def build(shared: Shared) -> DeltasTab:
     def analyse_all(selection: dict | None, metric_key: str, request: gr.Request) -> Any:
         """The analysis (a job, unless it is cached), then every figure of the tab."""
         sel = require_selection(selection)
-        if engine.cached_report(sel) is None:
-            job = engine.start_delta_report(session_of(request), sel, figures_for=metric_key)
+        if engine.deltas.cached_report(sel) is None:
+            job = engine.deltas.start(session_of(request), sel, figures_for=metric_key)
             for view in follow(job):
                 if not view.state.final:
                     yield {status: running_line(view, "analysing")}
@@ -115,21 +115,21 @@ def build(shared: Shared) -> DeltasTab:
 
     def analysed(selection: dict | None) -> dict[str, Any]:
         sel = require_selection(selection)
-        if engine.cached_report(sel) is None:
+        if engine.deltas.cached_report(sel) is None:
             raise gr.Error("Click **Analyse deltas** first (the analysis of these models is not in memory).")
         return sel
 
     @user_errors
     def model_view(selection: dict | None, label: str, metric_key: str) -> list[Any]:
-        view = engine.delta_overview(analysed(selection), label, metric_key)
+        view = engine.deltas.overview(analysed(selection), label, metric_key)
         return [view["heatmap"], view["top"], gr.update(choices=view["tensors"])]
 
     @user_errors
     def drilldown(selection: dict | None, name: str | None, layer_key: str, kind_key: str) -> Any:
         sel = analysed(selection)
         if name:
-            return engine.delta_drilldown(sel, tensor=name)
-        return engine.delta_drilldown(
+            return engine.deltas.drilldown(sel, tensor=name)
+        return engine.deltas.drilldown(
             sel, layer=None if layer_key in (ALL, None) else int(layer_key),
             kind=None if kind_key in (ALL, None) else kind_key,
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 import gradio as gr
 
+from fusion_ui.app import OUTPUT_DTYPES
 from fusion_ui.runtime import JobState
 from fusion_ui.ui.merge import MergeTab
 from fusion_ui.ui.shared import (
@@ -29,7 +30,7 @@ from fusion_ui.ui.shared import (
     user_errors,
 )
 
-DTYPES = {"as in the recipe": "", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+DTYPES = {"as in the recipe": "", **{d: d for d in OUTPUT_DTYPES}}  # label -> output dtype
 REPLACE_LABEL = "replace the folder if it exists"
 NOTHING_YET = "Nothing exported yet."
 
@@ -48,8 +49,8 @@ class ExportTab:
 
     def history_updates(self, engine: Any) -> dict[Any, Any]:
         """The history table and its picker as they are now (after a merge, an export, a page load)."""
-        return {self.history: engine.history_table(),
-                self.history_pick: gr.update(choices=engine.history_choices(), value=None)}
+        return {self.history: engine.exports.history_table(),
+                self.history_pick: gr.update(choices=engine.exports.history_choices(), value=None)}
 
 
 def tokenizer_choices(selection: dict | None) -> Any:
@@ -61,7 +62,7 @@ def tokenizer_choices(selection: dict | None) -> Any:
 def build(shared: Shared, merge: MergeTab) -> ExportTab:
     """The tab; Export first composes the Merge tab's recipe from its controls, then writes it."""
     engine = shared.engine
-    root = engine.export_root
+    root = engine.exports.root
     gr.Markdown("Write the current recipe (the **Merge** tab's) as a checkpoint folder: sharded "
                 "safetensors, config, tokenizer, a model card, the recipe and a mergekit YAML. The write "
                 f"is atomic: on an error nothing is left half-written. Exports go under `{root}` "
@@ -92,11 +93,11 @@ def build(shared: Shared, merge: MergeTab) -> ExportTab:
             mergekit_yaml = gr.Code(language="yaml", interactive=False, label="mergekit_config.yml")
     gr.Markdown("### History of merges\nThe merges you asked for and every export, newest first. Pick one to "
                 "load its recipe back into the Merge tab.")
-    history = gr.Dataframe(engine.history_table(), interactive=False, max_height=300, elem_id="history")
+    history = gr.Dataframe(engine.exports.history_table(), interactive=False, max_height=300, elem_id="history")
     with gr.Row():
         # Choices are filled per page (the history grows while the app runs): any value is let through
         # here and checked against the history when loaded.
-        history_pick = gr.Dropdown(engine.history_choices(), value=None, label="merge", scale=3,
+        history_pick = gr.Dropdown(engine.exports.history_choices(), value=None, label="merge", scale=3,
                                    allow_custom_value=True, elem_id="history-pick")
         reload = gr.Button("Load into the Merge tab", elem_id="history-load", scale=1)
     tab = ExportTab(folder, tokenizer, export, result, card, recipe, history, history_pick, reload)
@@ -104,9 +105,9 @@ def build(shared: Shared, merge: MergeTab) -> ExportTab:
     @user_errors
     def run_export(values: dict[Any, Any], request: gr.Request) -> Iterator[dict[Any, Any]]:
         try:
-            recipe_yaml = merge.compose(values)
-            job = engine.start_export(
-                session_of(request), recipe_yaml, values[folder], dtype=DTYPES.get(values[dtype]) or None,
+            composed = merge.compose(values)
+            job = engine.exports.start(
+                session_of(request), composed, values[folder], dtype=DTYPES.get(values[dtype]) or None,
                 max_shard_size=values[shard] or "2GB", tokenizer_source=values[tokenizer] or "base",
                 write_mergekit=bool(values[mergekit]), force=bool(values[force]),
                 allow_large_deltas=bool(values[merge.allow_large]),
@@ -114,7 +115,7 @@ def build(shared: Shared, merge: MergeTab) -> ExportTab:
         except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
             yield {result: failed_line(message_of(exc))}
             raise
-        yield {merge.recipe: recipe_yaml}
+        yield {merge.recipe: composed.to_yaml()}
         for view in follow(job):
             if not view.state.final:
                 yield {result: running_line(view, "writing")}

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
-import yaml
 
-from fusion_ui.engine import Engine
+from fusion_ui.app import OUTPUT_DTYPES, Engine, RecipeForm, compose, parse_recipe
+from fusion_ui.app.recipe_form import form_of, globs
 from fusion_ui.errors import FusionError
+from fusion_ui.recipe import Recipe
 from fusion_ui.runtime import JobState
 from fusion_ui.ui.shared import (
     JOB_EVENT,
@@ -41,7 +42,8 @@ from fusion_ui.ui.shared import (
 )
 
 DEFAULT_METHOD = "dare_ties"
-DTYPES = {"same as the base": "", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+BASE_DTYPE = "same as the base"
+DTYPES = {BASE_DTYPE: "", **{d: d for d in OUTPUT_DTYPES}}  # label -> output dtype
 NO_RAMP = "none"
 NOT_MERGED = "Not merged yet. Set the sliders, then **Merge** (in memory; nothing is written)."
 ALLOW_LARGE_LABEL = "merge even if a model does not look like a fine-tune of the base"
@@ -95,10 +97,6 @@ def _update(spec: dict[str, Any], *, visible: bool, value: Any = None) -> Any:
     return gr.update(visible=visible, label=label, info=info, **_range(spec, value))
 
 
-def _globs(text: str) -> list[str]:
-    return [g.strip() for g in text.replace(",", "\n").splitlines() if g.strip()]
-
-
 @dataclass
 class MergeTab:
     """The tab's components, and the functions other tabs chain onto events."""
@@ -130,10 +128,10 @@ class MergeTab:
     preview_model: gr.Dropdown
     preview_plot: gr.Plot
     preview_text: gr.Markdown
-    # Set by build(): compose(values) -> recipe YAML (raises on a problem); apply(method,
-    # selection, recipe) -> {control: update}; refresh(values) -> updates of the recipe, its
-    # note and the DARE preview (other tabs chain them onto their events).
-    compose: Callable[[dict[Any, Any]], str] = field(repr=False, default=lambda _: "")
+    # Set by build(): compose(values) -> the Recipe the controls describe (raises on a problem);
+    # apply(method, selection, recipe) -> {control: update}; refresh(values) -> updates of the
+    # recipe box, its note and the DARE preview (other tabs chain them onto their events).
+    compose: Callable[[dict[Any, Any]], Recipe] = field(repr=False, default=lambda _: None)  # type: ignore[assignment,return-value]
     apply: Callable[[str, dict | None, Any], dict[Any, Any]] = field(repr=False, default=lambda *_: {})
     refresh: Callable[..., Any] = field(repr=False, default=lambda *_: None)
 
@@ -166,41 +164,77 @@ class MergeTab:
 
 
 def build(shared: Shared) -> MergeTab:
-    engine: Engine = shared.engine
-    schemas = engine.method_schemas()
+    """The tab: its components, the handlers that read and write them, and the events between."""
+    schemas = shared.engine.merges.method_schemas()
+    tab = _layout(shared.engine, schemas)
+    handlers = MergeHandlers(shared, tab, schemas)
+    tab.compose, tab.apply, tab.refresh = handlers.compose_recipe, handlers.apply, handlers.refresh
+    _wire(shared, tab, handlers)
+    return tab
+
+
+# -- the layout: one builder per part of the tab --------------------------------------------------
+
+
+def _layout(engine: Engine, schemas: dict[str, dict[str, Any]]) -> MergeTab:
     per_model_specs, global_specs = _params_union(schemas)
     default = schemas[DEFAULT_METHOD] if DEFAULT_METHOD in schemas else next(iter(schemas.values()))
-    default_names = {p["name"] for p in default["params"]}
+    shown = {p["name"] for p in default["params"]}
+    method, about = _method_row(schemas, default)
+    slots, names, use, per_model = _slot_cards(per_model_specs, shown)
+    global_, seed = _global_row(global_specs, shown, default)
+    merge, stop, live, note, status, allow_large = _actions()
+    preview_box, preview_model, preview_text, preview_plot = _preview_box(engine.merges.previewable(default["name"]))
+    include, exclude, ramp_param, ramp_first, ramp_last, overrides, dtype, as_written, recipe = _advanced(
+        {**per_model_specs, **global_specs})
+    return MergeTab(
+        method=method, about=about, slots=slots, names=names, use=use, per_model=per_model, global_=global_,
+        seed=seed, include=include, exclude=exclude, ramp_param=ramp_param, ramp_first=ramp_first,
+        ramp_last=ramp_last, overrides=overrides, dtype=dtype, as_written=as_written, allow_large=allow_large,
+        recipe=recipe, note=note, live=live, merge=merge, stop=stop, status=status, preview_box=preview_box,
+        preview_model=preview_model, preview_plot=preview_plot, preview_text=preview_text,
+    )
 
+
+def _method_row(schemas: dict[str, dict[str, Any]], default: dict[str, Any]) -> tuple[gr.Dropdown, gr.Markdown]:
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
-            method = gr.Dropdown(
-                [(f"{s['title']} ({n})", n) for n, s in schemas.items()], value=default["name"],
-                label="Method", elem_id="method",
-            )
+            method = gr.Dropdown([(f"{s['title']} ({n})", n) for n, s in schemas.items()], value=default["name"],
+                                 label="Method", elem_id="method")
         with gr.Column(scale=5):
             about = gr.Markdown(_about(default), elem_classes="method-about")
+    return method, about
 
+
+def _slot_cards(specs: dict[str, dict], shown: set[str]) -> tuple[list, list, list, dict[str, list]]:
+    """One card per fine-tune slot: its name, "use in the merge", a control per per-model parameter."""
     slots, names, use = [], [], []
-    per_model: dict[str, list[Any]] = {n: [] for n in per_model_specs}
+    per_model: dict[str, list[Any]] = {n: [] for n in specs}
     with gr.Row(elem_classes="slots"):
         for i in range(MAX_MODELS):
             with gr.Group(visible=False, elem_classes="slot") as group:
                 names.append(gr.Markdown(f"fine-tune {i + 1}", elem_classes="slot-name"))
                 use.append(gr.Checkbox(True, label="use in the merge", elem_id=f"use-{i}"))
-                for name, spec in per_model_specs.items():
+                for name, spec in specs.items():
                     ctl = _control(spec, elem_id=f"{name}-{i}")
-                    ctl.visible = name in default_names
+                    ctl.visible = name in shown
                     per_model[name].append(ctl)
             slots.append(group)
+    return slots, names, use, per_model
+
+
+def _global_row(specs: dict[str, dict], shown: set[str], default: dict[str, Any]) -> tuple[dict[str, Any], gr.Number]:
     global_: dict[str, Any] = {}
     with gr.Row(elem_classes="globals"):
-        for name, spec in global_specs.items():
+        for name, spec in specs.items():
             global_[name] = _control(spec, elem_id=f"param-{name}")
-            global_[name].visible = name in default_names
+            global_[name].visible = name in shown
         seed = gr.Number(0, label="seed", precision=0, minimum=0, visible=default["uses_seed"],
                          info="Same seed, same random drops: merges are reproducible.", elem_id="seed")
+    return global_, seed
 
+
+def _actions() -> tuple[gr.Button, gr.Button, gr.Checkbox, gr.Markdown, gr.Markdown, gr.Checkbox]:
     with gr.Row():
         merge = gr.Button("Merge", variant="primary", elem_id="merge-button", scale=3)
         stop = gr.Button("Stop", variant="stop", elem_id="stop-button", scale=1)
@@ -213,14 +247,21 @@ def build(shared: Shared) -> MergeTab:
         info="Only if you know these models share this base: merging a model that is not a fine-tune "
              "of it gives weights that produce noise. Applies to Merge and Export.",
     )
+    return merge, stop, live, note, status, allow_large
 
+
+def _preview_box(visible: bool) -> tuple[gr.Accordion, gr.Dropdown, gr.Markdown, gr.Plot]:
     with gr.Accordion("DARE preview: what the drop does to one tensor's deltas", open=True,
-                      visible=engine.previewable(default["name"])) as preview_box:
+                      visible=visible) as box:
         with gr.Row():
-            preview_model = gr.Dropdown([], label="Fine-tune", scale=1, elem_id="preview-model")
-            preview_text = gr.Markdown(elem_classes="preview-text", elem_id="preview-text")
-        preview_plot = gr.Plot(label="|δ| before and after drop-and-rescale", show_label=False, elem_id="dare-preview")
+            model = gr.Dropdown([], label="Fine-tune", scale=1, elem_id="preview-model")
+            text = gr.Markdown(elem_classes="preview-text", elem_id="preview-text")
+        plot = gr.Plot(label="|δ| before and after drop-and-rescale", show_label=False, elem_id="dare-preview")
+    return box, model, text, plot
 
+
+def _advanced(specs: dict[str, dict]) -> tuple[Any, ...]:
+    """include, exclude, ramp parameter, ramp first, ramp last, overrides, dtype, as written, recipe box."""
     with gr.Accordion("Advanced: layer ramps, include/exclude, overrides, dtype, the recipe", open=False):
         with gr.Row():
             include = gr.Textbox(label="Merge only tensors matching (globs, comma separated)",
@@ -228,249 +269,220 @@ def build(shared: Shared) -> MergeTab:
             exclude = gr.Textbox(label="Keep from the base (globs)",
                                  placeholder="*embed_tokens*, lm_head.*, *norm*", elem_id="exclude")
         with gr.Row():
-            floats = sorted(n for n, s in {**per_model_specs, **global_specs}.items() if s["kind"] == "float")
+            floats = sorted(n for n, s in specs.items() if s["kind"] == "float")
             ramp_param = gr.Dropdown([NO_RAMP, *floats], value=NO_RAMP, label="Ramp a parameter across layers",
                                      info="Linear from the first layer to the last (for every fine-tune).")
             ramp_first = gr.Slider(-10, 10, value=0.9, step=0.01, label="value at the first layer")
             ramp_last = gr.Slider(-10, 10, value=0.9, step=0.01, label="value at the last layer")
         with gr.Row():
-            overrides = gr.Code("", language="yaml", label="Overrides (YAML list)", lines=3,
-                                elem_id="overrides")
-            dtype = gr.Dropdown(list(DTYPES), value="same as the base", label="Output dtype")
+            overrides = gr.Code("", language="yaml", label="Overrides (YAML list)", lines=3, elem_id="overrides")
+            dtype = gr.Dropdown(list(DTYPES), value=BASE_DTYPE, label="Output dtype")
         as_written = gr.Checkbox(False, label="Merge the recipe below as written (ignore the controls above)",
                                  elem_id="as-written")
         recipe = gr.Code("", language="yaml", label="Recipe (what Merge and Export use)", lines=12,
                          interactive=True, elem_id="recipe")
+    return include, exclude, ramp_param, ramp_first, ramp_last, overrides, dtype, as_written, recipe
 
-    tab = MergeTab(method, about, slots, names, use, per_model, global_, seed, include, exclude, ramp_param,
-                   ramp_first, ramp_last, overrides, dtype, as_written, allow_large, recipe, note, live, merge,
-                   stop, status, preview_box, preview_model, preview_plot, preview_text)
 
-    # -- composing the recipe ------------------------------------------------------------------
+# -- the handlers ----------------------------------------------------------------------------------
 
-    def compose(values: dict[Any, Any]) -> str:
-        """The recipe YAML from the controls, checked by the engine (raises on a problem)."""
-        if values[as_written]:
-            return engine.parse_recipe(values[recipe] or "").to_yaml()
-        sel = require_selection(values[shared.selection])
-        schema = schemas[values[method]]
-        specs = {p["name"]: p for p in schema["params"]}
-        ramp = values[ramp_param] if values[ramp_param] in specs else None
-        ramp_values = [float(values[ramp_first]), float(values[ramp_last])]
-        models = []
-        for i, ref in enumerate(sel["models"][:MAX_MODELS]):
-            if not values[use[i]]:
-                continue
-            entry: dict[str, Any] = {"model": ref}
-            for name, spec in specs.items():
-                if spec["per_model"]:
-                    entry[name] = ramp_values if name == ramp else _plain(values[per_model[name][i]], spec)
-            models.append(entry)
-        if not models:
-            raise gr.Error("Tick “use in the merge” for at least one fine-tune.")
-        parameters = {n: _plain(values[global_[n]], s) for n, s in specs.items() if not s["per_model"]}
-        if ramp and not specs[ramp]["per_model"]:
-            parameters[ramp] = ramp_values
-        try:
-            extra = yaml.safe_load(values[overrides] or "") or []
-        except yaml.YAMLError as exc:
-            raise gr.Error(f"The overrides are not valid YAML: {exc}") from None
-        data: dict[str, Any] = {
-            "method": values[method],
-            "base": sel["base"],
-            "models": models,
-            "parameters": parameters,
-            "seed": _seed(values[seed]),
-            "include": _globs(values[include] or ""),
-            "exclude": _globs(values[exclude] or ""),
-            "overrides": extra,
-        }
-        if DTYPES.get(values[dtype]):
-            data["dtype"] = DTYPES[values[dtype]]
-        return engine.parse_recipe(yaml.safe_dump(data, sort_keys=False)).to_yaml()
 
-    tab.compose = compose
+class MergeHandlers:
+    """What the tab's events do: compose the recipe, preview, merge, stop, show a method or a recipe."""
 
-    def quiet(values: dict[Any, Any]) -> tuple[str | None, str]:
+    def __init__(self, shared: Shared, tab: MergeTab, schemas: dict[str, dict[str, Any]]) -> None:
+        self.shared, self.tab, self.schemas = shared, tab, schemas
+        self.merges = shared.engine.merges
+        self.per_model_specs, self.global_specs = _params_union(schemas)
+
+    def compose_recipe(self, values: dict[Any, Any]) -> Recipe:
+        """The recipe the controls describe (or the recipe box, as written), validated once."""
+        t = self.tab
+        if values[t.as_written]:
+            return parse_recipe(values[t.recipe] or "")
+        sel = require_selection(values[self.shared.selection])
+        n = min(len(sel["models"]), MAX_MODELS)
+        ramp = (values[t.ramp_param], float(values[t.ramp_first]), float(values[t.ramp_last])) \
+            if values[t.ramp_param] != NO_RAMP else None
+        return compose(RecipeForm(
+            method=values[t.method], base=sel["base"], models=sel["models"][:n],
+            use=[bool(values[t.use[i]]) for i in range(n)],
+            per_model={name: [values[ctl] for ctl in ctls[:n]] for name, ctls in t.per_model.items()},
+            globals={name: values[ctl] for name, ctl in t.global_.items()},
+            seed=values[t.seed], include=globs(values[t.include]), exclude=globs(values[t.exclude]), ramp=ramp,
+            overrides=values[t.overrides] or "", dtype=DTYPES.get(values[t.dtype]) or None,
+        ))
+
+    def quiet(self, values: dict[Any, Any]) -> tuple[Recipe | None, str]:
         """The recipe and its note; a problem goes into the note, never a toast."""
-        if not values[shared.selection] and not values[as_written]:
+        if not values[self.shared.selection] and not values[self.tab.as_written]:
             return None, ""
         try:
-            text = compose(values)
+            composed = self.compose_recipe(values)
         except (FusionError, gr.Error) as exc:
             return None, f'<span class="bad-dot"></span> {html.escape(message_of(exc))}'
-        return text, _note(engine.parse_recipe(text))
+        return composed, _note(composed)
 
-    def preview_label(values: dict[Any, Any], slot: int | None) -> str | None:
-        labels = (values[shared.selection] or {}).get("labels", [])
+    def preview_label(self, values: dict[Any, Any], slot: int | None) -> str | None:
+        labels = (values[self.shared.selection] or {}).get("labels", [])
         if slot is not None and slot < len(labels):
             return labels[slot]
-        chosen = values[preview_model]
+        chosen = values[self.tab.preview_model]
         return chosen if chosen in labels else next(iter(labels), None)
 
-    def refresh(values: dict[Any, Any], request: gr.Request, slot: int | None = None,
+    def refresh(self, values: dict[Any, Any], request: gr.Request, slot: int | None = None,
                 merge_live: bool = True) -> Iterator[dict[Any, Any]]:
         """Recompose; then the DARE preview and (live) a re-merge, as this session's jobs."""
-        text, note_text = quiet(values)
-        out: dict[Any, Any] = {note: note_text}
-        if text is None:
+        t, merges = self.tab, self.merges
+        composed, note_text = self.quiet(values)
+        out: dict[Any, Any] = {t.note: note_text}
+        if composed is None:
             yield out
             return
-        out[recipe] = text
+        if not values[t.as_written]:
+            out[t.recipe] = composed.to_yaml()
         session = session_of(request)
-        sel = values[shared.selection]
-        label = preview_label(values, slot)
-        show = engine.previewable(engine.parse_recipe(text).method) and label is not None
-        preview_job = engine.start_dare_preview(session, text, label, sel=sel) if show else None
+        sel = values[self.shared.selection]
+        label = self.preview_label(values, slot)
+        show = merges.previewable(composed.method) and label is not None
+        preview_job = merges.start_dare_preview(session, composed, label, sel=sel) if show else None
         merge_job = None
-        if merge_live and values[live] and sel and engine.live_ok(sel):
-            merge_job = engine.start_merge(session, text, allow_large_deltas=bool(values[allow_large]),
-                                           record=False, live=True)
-        elif merge_live and values[live] and sel:
-            out[status] = "Live merging is off for models this large: click **Merge**."
+        if merge_live and values[t.live] and sel and self.shared.engine.context.live_ok(sel):
+            merge_job = merges.start(session, composed, allow_large_deltas=bool(values[t.allow_large]),
+                                     record=False, live=True)
+        elif merge_live and values[t.live] and sel:
+            out[t.status] = "Live merging is off for models this large: click **Merge**."
         if preview_job is not None:
             for view in follow(preview_job):
-                if view.state.final:
-                    if view.state is JobState.FINISHED:
-                        fig, words = preview_job.result
-                        out |= {preview_model: gr.update(value=label), preview_text: words, preview_plot: fig}
-                    elif view.state is JobState.FAILED:
-                        out[preview_text] = failed_line(message_of(view.error))
+                if view.state is JobState.FINISHED:
+                    fig, words = preview_job.result
+                    out |= {t.preview_model: gr.update(value=label), t.preview_text: words, t.preview_plot: fig}
+                elif view.state is JobState.FAILED:
+                    out[t.preview_text] = failed_line(message_of(view.error))
         yield out
         if merge_job is not None:
-            yield from _follow_merge(merge_job, live=True)
+            yield from self.follow_merge(merge_job, live=True)
 
-    tab.refresh = refresh
-
-    # -- merging and stopping ------------------------------------------------------------------
-
-    def _follow_merge(job: Any, *, live: bool) -> Iterator[dict[Any, Any]]:
+    def follow_merge(self, job: Any, *, live: bool) -> Iterator[dict[Any, Any]]:
+        status, merged = self.tab.status, self.shared.merged
         verb = "re-merging" if live else "merging"
         for view in follow(job):
             if not view.state.final:
                 yield {status: running_line(view, verb)}
-                continue
-            if view.state is JobState.FINISHED:
+            elif view.state is JobState.FINISHED:
                 result = job.result
-                yield {status: _status(result, job.id, live=live), shared.merged: result.merged}
+                yield {status: _status(result, job.id, live=live), merged: result.merged}
             elif view.state is JobState.CANCELLED:
-                if not _superseded(engine, job):  # a newer merge writes the status itself
+                if not _superseded(self.shared.engine, job):  # a newer merge writes the status itself
                     yield {status: stopped_line(view, "merge") + " The preview holds no merge until you merge "
-                           "again.", shared.merged: None}
+                           "again.", merged: None}
             else:
-                yield {status: failed_line(message_of(view.error)), shared.merged: None}
+                yield {status: failed_line(message_of(view.error)), merged: None}
                 if not live:
                     raise gr.Error(message_of(view.error), title="Cannot do that yet")
 
     @user_errors
-    def run_merge(values: dict[Any, Any], request: gr.Request) -> Iterator[dict[Any, Any]]:
+    def run_merge(self, values: dict[Any, Any], request: gr.Request) -> Iterator[dict[Any, Any]]:
         """Merge into this session's preview model (memory only)."""
+        t = self.tab
         try:
-            text = compose(values)
+            composed = self.compose_recipe(values)
         except (FusionError, gr.Error) as exc:
-            yield {status: failed_line(message_of(exc)), note: ""}
+            yield {t.status: failed_line(message_of(exc)), t.note: ""}
             raise
-        yield {recipe: text, note: _note(engine.parse_recipe(text)),
-               status: '<span class="busy-dot"></span> Starting the merge…'}
-        job = engine.start_merge(session_of(request), text, allow_large_deltas=bool(values[allow_large]))
-        yield from _follow_merge(job, live=False)
+        yield {t.recipe: composed.to_yaml(), t.note: _note(composed),
+               t.status: '<span class="busy-dot"></span> Starting the merge…'}
+        job = self.merges.start(session_of(request), composed, allow_large_deltas=bool(values[t.allow_large]))
+        yield from self.follow_merge(job, live=False)
 
-    def stop_work(request: gr.Request) -> str:
+    def stop_work(self, request: gr.Request) -> str:
         session = session_of(request)
+        engine = self.shared.engine
         return stop_line(engine.stop(session), engine.last_job(session))
 
     @user_errors
-    def choose_method(name: str, selection: dict | None) -> dict[Any, Any]:
-        return apply(name, selection, None, keep_ticks=True)
+    def choose_method(self, name: str, selection: dict | None) -> dict[Any, Any]:
+        return self.apply(name, selection, None, keep_ticks=True)
 
-    def apply(name: str, selection: dict | None, recipe_obj: Any, *, keep_ticks: bool = False) -> dict[Any, Any]:
-        """Updates of every control for a method, a selection and optionally a recipe's values.
+    def apply(self, name: str, selection: dict | None, recipe_obj: Recipe | None, *,
+              keep_ticks: bool = False) -> dict[Any, Any]:
+        """Updates of every control for a method, a selection and optionally a recipe's values
+        (read by the engine's :func:`~fusion_ui.app.recipe_form.form_of`).
 
         ``keep_ticks`` leaves the "use in the merge" boxes as the user set them (a new method);
         a new selection or a recipe sets them.
         """
-        schema = schemas[name]
+        t = self.tab
+        schema = self.schemas[name]
         specs = {p["name"]: p for p in schema["params"]}
         labels = (selection or {}).get("labels", [])
-        refs = (selection or {}).get("models", [])
-        entries = recipe_obj.models if recipe_obj is not None else []
-        rparams = dict(recipe_obj.parameters) if recipe_obj is not None else {}
-        ramp_name, ramp_vals = NO_RAMP, None
-        out: dict[Any, Any] = {method: gr.update(value=name), about: _about(schema),
-                               preview_box: gr.update(visible=engine.previewable(name))}
-        used = {e.model for e in entries}
-        by_ref = {e.model: dict(e.parameters) for e in entries}
+        refs = (selection or {}).get("models", [])[:MAX_MODELS]
+        form, exact = form_of(recipe_obj, refs) if recipe_obj is not None else (None, True)
+        out: dict[Any, Any] = {t.method: gr.update(value=name), t.about: _about(schema),
+                               t.preview_box: gr.update(visible=self.merges.previewable(name))}
         for i in range(MAX_MODELS):
-            out[slots[i]] = gr.update(visible=i < len(labels))
-            out[names[i]] = f"**{labels[i]}**" if i < len(labels) else ""
-            out[use[i]] = gr.skip() if keep_ticks else gr.update(
-                value=(not entries) or (i < len(refs) and refs[i] in used))
-        for pname in sorted(per_model_specs):
-            spec = specs.get(pname, per_model_specs[pname])
+            out[t.slots[i]] = gr.update(visible=i < len(labels))
+            out[t.names[i]] = f"**{labels[i]}**" if i < len(labels) else ""
+            if keep_ticks:
+                out[t.use[i]] = gr.skip()
+            else:
+                out[t.use[i]] = gr.update(value=form is None or (i < len(form.use) and form.use[i]))
+        for pname in sorted(self.per_model_specs):
+            spec = specs.get(pname, self.per_model_specs[pname])
+            values = form.per_model.get(pname, []) if form is not None else []
             for i in range(MAX_MODELS):
-                value = None
-                mine = by_ref.get(refs[i]) if i < len(refs) else None
-                if mine is not None:
-                    value = _from_recipe(pname, mine, rparams)
-                    if isinstance(value, list):
-                        ramp_name, ramp_vals, value = pname, value, value[0]
-                out[per_model[pname][i]] = _update(spec, visible=pname in specs, value=value)
-        for gname in sorted(global_specs):
-            spec = specs.get(gname, global_specs[gname])
-            value = rparams.get(gname)
-            if isinstance(value, list):
-                ramp_name, ramp_vals, value = gname, value, value[0]
-            out[global_[gname]] = _update(spec, visible=gname in specs, value=value)
-        out[seed] = gr.update(visible=schema["uses_seed"], value=recipe_obj.seed if recipe_obj is not None else 0)
-        if recipe_obj is not None:
-            overrides_yaml = yaml.safe_dump([o.model_dump(exclude_defaults=True) for o in recipe_obj.overrides],
-                                            sort_keys=False) if recipe_obj.overrides else ""
-            dtype_label = next((k for k, v in DTYPES.items() if v == (recipe_obj.dtype or "")), "same as the base")
-            complex_ramp = ramp_vals is not None and len(ramp_vals) != 2
-            out |= {include: ", ".join(recipe_obj.include), exclude: ", ".join(recipe_obj.exclude),
-                    ramp_param: ramp_name, ramp_first: ramp_vals[0] if ramp_vals else 0.9,
-                    ramp_last: ramp_vals[-1] if ramp_vals else 0.9, overrides: overrides_yaml,
-                    dtype: dtype_label, as_written: complex_ramp}
-        current = labels[0] if labels else None
-        out[preview_model] = gr.update(choices=labels, value=current)
+                value = values[i] if i < len(values) else None
+                out[t.per_model[pname][i]] = _update(spec, visible=pname in specs, value=_first(value))
+        for gname in sorted(self.global_specs):
+            spec = specs.get(gname, self.global_specs[gname])
+            value = form.globals.get(gname) if form is not None else None
+            out[t.global_[gname]] = _update(spec, visible=gname in specs, value=_first(value))
+        out[t.seed] = gr.update(visible=schema["uses_seed"], value=form.seed if form is not None else 0)
+        if form is not None:
+            ramp_name, first, last = form.ramp if form.ramp is not None else (NO_RAMP, 0.9, 0.9)
+            dtype_label = next((k for k, v in DTYPES.items() if v == (form.dtype or "")), BASE_DTYPE)
+            out |= {t.include: ", ".join(form.include), t.exclude: ", ".join(form.exclude), t.ramp_param: ramp_name,
+                    t.ramp_first: first, t.ramp_last: last, t.overrides: form.overrides, t.dtype: dtype_label,
+                    t.as_written: not exact}
+        out[t.preview_model] = gr.update(choices=labels, value=labels[0] if labels else None)
         return out
 
-    tab.apply = apply
-
-    # -- events --------------------------------------------------------------------------------
-
-    form = tab.form | {shared.selection}
-    hidden: dict[str, Any] = {"api_visibility": "undocumented"}
-    refresh_outputs = [*tab.preview_outputs, status, shared.merged]
-
-    def on_slot(i: int | None, *, merge_live: bool = True) -> Callable[..., Iterator[dict[Any, Any]]]:
+    def on_slot(self, i: int | None, *, merge_live: bool = True) -> Callable[..., Iterator[dict[Any, Any]]]:
+        """The handler of a control of slot ``i`` (None: a global control): refresh, previewing that slot."""
         def handler(values: dict[Any, Any], request: gr.Request) -> Iterator[dict[Any, Any]]:
-            yield from refresh(values, request, slot=i, merge_live=merge_live)
+            yield from self.refresh(values, request, slot=i, merge_live=merge_live)
 
         return handler
 
-    method.input(choose_method, [method, shared.selection], tab.controls, api_name="choose_method", **QUICK) \
-        .then(on_slot(None, merge_live=False), form, refresh_outputs, api_name="refresh_after_method",
+
+# -- the events ------------------------------------------------------------------------------------
+
+
+def _wire(shared: Shared, t: MergeTab, h: MergeHandlers) -> None:
+    form = t.form | {shared.selection}
+    hidden: dict[str, Any] = {"api_visibility": "undocumented"}
+    refresh_outputs = [*t.preview_outputs, t.status, shared.merged]
+
+    t.method.input(h.choose_method, [t.method, shared.selection], t.controls, api_name="choose_method", **QUICK) \
+        .then(h.on_slot(None, merge_live=False), form, refresh_outputs, api_name="refresh_after_method",
               **hidden, **JOB_EVENT)
     # The button reads the whole form; scripts use /merge_recipe (fusion_ui.ui.api) instead.
-    merging = merge.click(run_merge, form, [recipe, note, status, shared.merged], api_name="merge", **hidden,
+    merging = t.merge.click(h.run_merge, form, [t.recipe, t.note, t.status, shared.merged], api_name="merge",
+                            **hidden, **JOB_EVENT)
+    t.stop.click(h.stop_work, None, t.status, api_name="stop", queue=False, cancels=[merging])
+    t.preview_model.input(h.on_slot(None, merge_live=False), form, refresh_outputs, api_name="dare_preview",
                           **JOB_EVENT)
-    stop.click(stop_work, None, status, api_name="stop", queue=False, cancels=[merging])
-    preview_model.input(on_slot(None, merge_live=False), form, refresh_outputs, api_name="dare_preview",
-                        **JOB_EVENT)
-
     for i in range(MAX_MODELS):
-        for ctl in [c[i] for c in per_model.values() if isinstance(c[i], gr.Slider)]:
-            ctl.release(on_slot(i), form, refresh_outputs, api_name=f"release_slot_{i}", **hidden, **JOB_EVENT)
-        for ctl in [use[i], *(c[i] for c in per_model.values() if not isinstance(c[i], gr.Slider))]:
-            ctl.input(on_slot(i), form, refresh_outputs, api_name=f"change_slot_{i}", **hidden, **JOB_EVENT)
-    for ctl in [*(c for c in global_.values() if isinstance(c, gr.Slider)), ramp_first, ramp_last]:
-        ctl.release(on_slot(None), form, refresh_outputs, api_name="release_global", **hidden, **JOB_EVENT)
-    for ctl in [*(c for c in global_.values() if not isinstance(c, gr.Slider)), seed, include, exclude, dtype,
-                ramp_param, as_written, overrides]:
-        ctl.input(on_slot(None), form, refresh_outputs, api_name="change_global", **hidden, **JOB_EVENT)
-    recipe.input(on_slot(None), form, refresh_outputs, api_name="edit_recipe", **hidden, **JOB_EVENT)
-    return tab
+        for ctl in [c[i] for c in t.per_model.values() if isinstance(c[i], gr.Slider)]:
+            ctl.release(h.on_slot(i), form, refresh_outputs, api_name=f"release_slot_{i}", **hidden, **JOB_EVENT)
+        for ctl in [t.use[i], *(c[i] for c in t.per_model.values() if not isinstance(c[i], gr.Slider))]:
+            ctl.input(h.on_slot(i), form, refresh_outputs, api_name=f"change_slot_{i}", **hidden, **JOB_EVENT)
+    for ctl in [*(c for c in t.global_.values() if isinstance(c, gr.Slider)), t.ramp_first, t.ramp_last]:
+        ctl.release(h.on_slot(None), form, refresh_outputs, api_name="release_global", **hidden, **JOB_EVENT)
+    for ctl in [*(c for c in t.global_.values() if not isinstance(c, gr.Slider)), t.seed, t.include, t.exclude,
+                t.dtype, t.ramp_param, t.as_written, t.overrides]:
+        ctl.input(h.on_slot(None), form, refresh_outputs, api_name="change_global", **hidden, **JOB_EVENT)
+    t.recipe.input(h.on_slot(None), form, refresh_outputs, api_name="edit_recipe", **hidden, **JOB_EVENT)
 
 
 def _superseded(engine: Engine, job: Any) -> bool:
@@ -479,7 +491,9 @@ def _superseded(engine: Engine, job: Any) -> bool:
 
 
 def _about(schema: dict[str, Any]) -> str:
-    needs = "needs the base" if schema["needs_base"] else "base optional"
+    caps = schema["capabilities"]
+    needs = {"required": "needs the base", "unused": "no base used",
+             "optional": f"base used with {caps['base_switch']}"}[caps["base"]]
     count = f"{schema['min_models']}" + (f"–{schema['max_models']}" if schema["max_models"] else "+")
     ref = f" · {schema['reference']}" if schema.get("reference") else ""
     return f"**{schema['title']}** — {schema['summary']}  \n<small>{needs} · {count} fine-tunes{ref}</small>"
@@ -491,31 +505,9 @@ def _note(recipe: Any) -> str:
             f"fine-tune{'s' if n != 1 else ''}, seed {recipe.seed}.")
 
 
-def _seed(value: Any) -> int:
-    try:
-        f = float(value or 0)
-    except (TypeError, ValueError):
-        raise gr.Error(f"The seed must be a whole number, got {value!r}.") from None
-    if f != f or f in (float("inf"), float("-inf")) or f != int(f):
-        raise gr.Error(f"The seed must be a whole number, got {value!r}.")
-    return int(f)
-
-
-def _plain(value: Any, spec: dict[str, Any]) -> Any:
-    if spec["kind"] == "int":
-        return int(value)
-    if spec["kind"] == "float":
-        return float(value)
-    return value
-
-
-def _from_recipe(name: str, entry: dict[str, Any], parameters: dict[str, Any]) -> Any:
-    """A per-model value as the recipe gives it (``density`` read as ``1 - drop_rate``)."""
-    if name in entry:
-        return entry[name]
-    if name == "drop_rate" and "density" in entry and not isinstance(entry["density"], list):
-        return 1.0 - float(entry["density"])
-    return parameters.get(name)
+def _first(value: Any) -> Any:
+    """A control's value: a ramp shows its first anchor (the ramp controls show the rest)."""
+    return value[0] if isinstance(value, list) else value
 
 
 def _status(result: Any, number: int, *, live: bool = False) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from fusion_ui.engine import check_ref, make_selection
+from fusion_ui.app import check_ref
 from fusion_ui.errors import FusionError
 from fusion_ui.ui.shared import QUICK, Shared, message_of, user_errors
 
@@ -58,7 +58,7 @@ def verdict_markdown(verdict: str, findings: list[dict[str, str]]) -> str:
 
 def build(shared: Shared) -> ModelsTab:
     engine = shared.engine
-    presets = engine.presets()
+    presets = engine.models.presets()
     first = next(iter(presets.values()), None)
     gr.Markdown(
         "Pick the **base** model and the **fine-tunes** made from it: the built-in demo family, "
@@ -89,17 +89,17 @@ def build(shared: Shared) -> ModelsTab:
 
     @user_errors
     def use_preset(evt: gr.SelectData) -> tuple[Any, Any]:
-        sel = engine.presets().get(str(evt.value))
+        sel = engine.models.presets().get(str(evt.value))
         if sel is None:
             return gr.skip(), gr.skip()
         return sel["base"], "\n".join(sel["models"])
 
     def preset_choices() -> Any:
-        return gr.update(choices=[*engine.presets(), CUSTOM])
+        return gr.update(choices=[*engine.models.presets(), CUSTOM])
 
     def load_models(base: str, finetunes: str) -> tuple[pd.DataFrame, str, dict[str, Any] | None]:
-        sel = make_selection(base, finetunes.splitlines())
-        result = engine.inspect(sel)
+        sel = engine.models.select(base, finetunes)
+        result = engine.models.inspect(sel)
         ok = result.verdict != "incompatible"
         return result.table, verdict_markdown(result.verdict, result.findings), sel if ok else None
 

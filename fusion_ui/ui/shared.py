@@ -1,6 +1,6 @@
 """What the tabs share: session state, how handlers follow engine jobs, and how errors show.
 
-Handlers stay thin: they start a job on the :class:`~fusion_ui.engine.Engine` and follow it
+Handlers stay thin: they start a job on the :class:`~fusion_ui.app.Engine` and follow it
 (:func:`follow`), writing its state into the tab's status line: waiting, a progress bar,
 then a final state (done, stopped, failed). A :class:`~fusion_ui.errors.FusionError` becomes a
 message a person can act on (the app's own wording of the fix, ``message_for("app")``); anything
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
-from fusion_ui.engine import LIMITS, Engine
+from fusion_ui.app import LIMITS, Engine
 from fusion_ui.errors import CancelledError, FusionError
 from fusion_ui.runtime import Job, JobState, JobView
 
