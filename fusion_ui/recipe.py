@@ -36,6 +36,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fusion_ui.dtypes import Dtype
 from fusion_ui.errors import RecipeError
 from fusion_ui.mergekit_compat import is_mergekit_config, recipe_from_mergekit
 from fusion_ui.methods import MergeMethod, get_method
@@ -44,7 +45,6 @@ from fusion_ui.tensor_names import is_input_side, layer_index
 
 RECIPE_VERSION = 1
 ParamValue = Union[bool, int, float, str, list[float]]  # noqa: UP007 (pydantic reads it at runtime)
-Dtype = Literal["float32", "float16", "bfloat16"]
 
 
 class ModelEntry(BaseModel):

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any
 
 import yaml
 
+from fusion_ui.dtypes import OUTPUT_DTYPES
 from fusion_ui.errors import InputError, RecipeError
 from fusion_ui.methods import get_method
-from fusion_ui.recipe import Dtype, Recipe, recipe_from_dict
+from fusion_ui.recipe import Recipe, recipe_from_dict
 
-OUTPUT_DTYPES: tuple[str, ...] = get_args(Dtype)  # the one list of output dtypes the app offers
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's when there: ~10x faster
 
 

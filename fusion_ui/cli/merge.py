@@ -15,6 +15,7 @@ from types import FrameType
 
 from tqdm import tqdm
 
+from fusion_ui.dtypes import OUTPUT_DTYPES
 from fusion_ui.errors import CancelledError
 from fusion_ui.progress import CancelToken, Progress
 
@@ -34,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace the output folder if it is an earlier export (or empty)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     p.add_argument("--shard-size", default="2GB", help="largest shard, e.g. 500MB, 2GB (default 2GB)")
-    p.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="override the recipe's output dtype")
+    p.add_argument("--dtype", choices=OUTPUT_DTYPES, help="override the recipe's output dtype")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument("--no-mergekit", action="store_true", help="do not write mergekit_config.yml")
     p.add_argument(
