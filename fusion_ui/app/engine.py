@@ -67,7 +67,7 @@ class Engine:
 
     def close(self) -> None:
         """Cancel every job and stop the worker threads."""
-        self.context.jobs.shutdown()
+        self.context.close()
 
     # -- a browser session --------------------------------------------------------------------
 
