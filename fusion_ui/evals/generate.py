@@ -8,6 +8,7 @@ returns one.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -72,6 +73,12 @@ def greedy_generate(
     return outputs
 
 
+def cache_argument(model: nn.Module) -> str:
+    """The keyword a model's forward takes for its KV cache: ``cache`` (transformers >= 5.23,
+    where ``past_key_values`` is deprecated and goes in 5.40) or ``past_key_values`` (before)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _greedy_batch(
     model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, eos: int | None, pad: int
 ) -> torch.Tensor:
@@ -82,10 +89,9 @@ def _greedy_batch(
     generated: list[torch.Tensor] = []
     past = None
     step_ids, step_pos = ids, positions
+    name = cache_argument(model)
     for _ in range(max_new_tokens):
-        out = model(
-            input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past, use_cache=True
-        )
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **{name: past})
         nxt = out.logits[:, -1, :].argmax(-1)  # (B,)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         generated.append(nxt)
@@ -96,7 +102,7 @@ def _greedy_batch(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         next_pos = positions[:, -1:] + 1
         positions = torch.cat([positions, next_pos], dim=1)
-        past = getattr(out, "past_key_values", None)
+        past = getattr(out, name, None)  # the output names its cache as the forward does
         if past is not None:  # feed only the new token
             step_ids, step_pos = nxt[:, None], next_pos
         else:  # no cache: recompute the whole sequence
