@@ -9,6 +9,7 @@
    dependencies, from the same package index as ``.ci/run``.
 3. From a folder outside the checkout, with the venv's commands only:
    a. ``fusion-ui merge <the packaged dare_ties recipe>``; the result loads with transformers;
+      ``fusion-ui cocktail`` on the packaged forgetful expert and its 5 examples, the same;
    b. ``fusion-ui app --no-browser`` on the packaged demo family: the page holds the family,
       the CSS, the logo and the example prompts; ``/load_models`` lists the experts;
       ``/merge_recipe`` and ``/export_recipe`` merge and export it; SIGTERM stops the server.
@@ -275,6 +276,16 @@ def check_all(work: Path, reuse_venv: Path | None) -> None:
     with step("merge", "fusion-ui merge <the packaged dare_ties.yaml>, then load it with transformers"):
         out = cwd / "merged"
         run([venv / "bin" / "fusion-ui", "merge", where["recipe"], "--out", out, "--device", "cpu"], cwd=cwd, env=env)
+        check_merged(python, out, cwd, env)
+
+    with step("cocktail", "fusion-ui cocktail on the packaged forgetful expert and its 5 examples"):
+        family = Path(where["family"])
+        out = cwd / "cocktail"
+        printed = run([venv / "bin" / "fusion-ui", "cocktail", family / "base", family / "forgetful" / "expert_upper",
+                       "--examples", family / "cocktail" / "upper_5.jsonl", "--out", out, "--device", "cpu"],
+                      cwd=cwd, env=env, quiet=True)
+        check("LM-Cocktail weights from 5 example(s)" in printed, "it prints the losses and weights")
+        check("weights_from:" in (out / "fusion_ui_recipe.yaml").read_text(), "its recipe records where they came from")
         check_merged(python, out, cwd, env)
 
     with step("app", "fusion-ui app --no-browser: the page, /load_models, /merge_recipe, /export_recipe"):

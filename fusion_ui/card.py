@@ -7,6 +7,7 @@ from importlib import metadata
 import yaml
 
 from fusion_ui.merge import MergePlan
+from fusion_ui.recipe import Recipe
 
 
 def fusion_ui_version() -> str:
@@ -72,6 +73,7 @@ def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | No
         lines.append(f"- taken unchanged from the base: `{recipe.exclude}`")
     if recipe.overrides:
         lines.append(f"- {len(recipe.overrides)} per-tensor override(s), see the recipe")
+    lines += weights_from_section(recipe)
     if plan.warnings:
         lines += ["", "## Warnings at merge time", "", *(f"- {w}" for w in plan.warnings)]
     lines += [
@@ -93,3 +95,35 @@ def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | No
             *(f"- {n}" for n in mergekit_notes),
         ]
     return "\n".join(lines) + "\n"
+
+
+def weights_from_section(recipe: Recipe) -> list[str]:
+    """Markdown lines saying where the recipe's weights came from (none when set by hand)."""
+    source = recipe.weights_from
+    if source is None:
+        return []
+    from fusion_ui.tune.cocktail import format_loss  # the one formatting of losses (CLI, card)
+
+    given = [float(e.parameters.get("weight", 1.0)) for e in recipe.models]
+    total = sum(given)
+    normalize = recipe.parameters.get("normalize", True) is not False
+    merged = [w / total if normalize and total else w for w in given]  # the share each model gets
+    edited = any(abs(m - c.weight) > 5e-6 for m, c in zip(merged, source.candidates, strict=True))
+    floor = f", base floor {source.base_floor:g}" if source.base_floor else ""
+    lines = [
+        "",
+        "## Where the weights came from",
+        "",
+        f"LM-Cocktail (Xiao et al. 2023, arXiv 2311.13534): each model's mean answer-only "
+        f"cross-entropy on {source.examples} example(s) of the target task, turned into weights "
+        f"`softmax(-loss / T)` with T = {source.temperature:g}{floor}. Examples' SHA-256: "
+        f"`{source.examples_sha256}`.",
+        "",
+        "| model | loss (nats/token) | computed weight | merged weight |",
+        "|---|---|---|---|",
+    ]
+    for entry, score, share in zip(recipe.models, source.candidates, merged, strict=True):
+        lines.append(f"| {score.label} (`{entry.model}`) | {format_loss(score.loss)} | {score.weight:.4f} | {share:.4f} |")
+    if edited:
+        lines += ["", "The weights were edited after they were computed: the merge used the last column."]
+    return lines

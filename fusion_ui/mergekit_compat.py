@@ -236,10 +236,27 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
         notes.append("include/exclude patterns (tensors kept from the base) have no mergekit equivalent")
     if recipe.overrides:
         notes.append("per-pattern/per-layer overrides have no exact mergekit equivalent; not exported")
+    provenance = _weights_from_comments(getattr(recipe, "weights_from", None))
+    if provenance:
+        notes.append("weights_from (where the weights came from) has no mergekit key: written as "
+                      "`# weights from:` comments, and not read back on import")
     notes.append("fusion_ui computes in float32; mergekit in the models' dtype, so results differ by rounding")
     header = "".join(f"# note: {n}\n" for n in notes)
-    text = "# mergekit config equivalent to this fusion_ui recipe (written by fusion_ui)\n" + header
+    text = "# mergekit config equivalent to this fusion_ui recipe (written by fusion_ui)\n" + header + provenance
     return text + yaml.safe_dump(out, sort_keys=False), notes
+
+
+def _weights_from_comments(source: Any) -> str:
+    """A recipe's ``weights_from:`` record as YAML comment lines (mergekit has no such key)."""
+    if source is None:
+        return ""
+    floor = f", base floor {source.base_floor:g}" if source.base_floor else ""
+    lines = [
+        f"LM-Cocktail: softmax(-loss / T), T = {source.temperature:g}{floor}, from {source.examples} "
+        f"example(s), sha256 {source.examples_sha256}",
+        *(f"{c.label}: loss {c.loss:.6g} -> weight {c.weight:.6g}" for c in source.candidates),
+    ]
+    return "".join(f"# weights from: {line}\n" for line in lines)
 
 
 def _list(value: Any, key: str) -> list[Any]:

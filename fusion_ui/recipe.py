@@ -22,6 +22,22 @@ Example::
         parameters: {drop_rate: 0.5}
 
 Relative paths are resolved against the recipe file's folder first, then the working folder.
+
+Optional ``weights_from:`` says where the models' weights came from when they were computed
+rather than set by hand (:class:`WeightsFrom`; LM-Cocktail, :mod:`fusion_ui.tune.cocktail`)::
+
+    weights_from:
+      method: lm_cocktail             # w = softmax(-loss / T), then the base floor
+      examples: 5                     # how many examples were scored
+      examples_sha256: 9f2c...        # of the examples as scored (fusion_ui.tune.examples_sha256)
+      temperature: 5.0
+      base_floor: 0.0
+      candidates:                     # one per entry of models:, in the same order
+        - {label: base, loss: 2.31, weight: 0.0621}        # loss: nats per answer token
+        - {label: expert_upper, loss: 0.0114, weight: 0.9379}   # weight: as computed
+
+It is a record, not an input: the merge uses the ``models:`` weights (which the user may have
+edited), and the model card shows both.
 """
 
 from __future__ import annotations
@@ -109,6 +125,71 @@ class Override(BaseModel):
         return name_matches(name, self.match)
 
 
+class CandidateScore(BaseModel):
+    """One candidate's loss on the examples and the weight it gave (``weights_from.candidates``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    label: str  # short name of the model (the matching `models:` entry holds its reference)
+    loss: float  # mean answer-only cross-entropy on the examples, nats per scored token
+    weight: float  # the weight as computed (before any edit), in [0, 1]
+
+    @field_validator("loss")
+    @classmethod
+    def _finite_loss(cls, v: float) -> float:
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"a loss is a finite number >= 0, got {v}")
+        return v
+
+    @field_validator("weight")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 <= v <= 1):
+            raise ValueError(f"a computed weight is between 0 and 1, got {v}")
+        return v
+
+
+class WeightsFrom(BaseModel):
+    """Where a recipe's weights came from: LM-Cocktail's softmax of a few examples' losses."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Literal["lm_cocktail"] = "lm_cocktail"  # how the weights were computed
+    examples: int  # how many examples were scored
+    examples_sha256: str  # hex SHA-256 of the examples as scored (fusion_ui.tune.examples_sha256)
+    temperature: float  # T of softmax(-loss / T)
+    base_floor: float = 0.0  # the least weight the base got (0: no floor)
+    candidates: list[CandidateScore]  # one per entry of the recipe's `models:`, same order
+
+    @field_validator("examples")
+    @classmethod
+    def _some_examples(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"weights are computed from at least 1 example, got {v}")
+        return v
+
+    @field_validator("examples_sha256")
+    @classmethod
+    def _hex_digest(cls, v: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("examples_sha256 must be a SHA-256 digest: 64 lowercase hex digits")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive_temperature(cls, v: float) -> float:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"temperature must be a number above 0, got {v}")
+        return v
+
+    @field_validator("base_floor")
+    @classmethod
+    def _floor_share(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0 <= v <= 1):
+            raise ValueError(f"base_floor must be between 0 and 1, got {v}")
+        return v
+
+
 class Recipe(BaseModel):
     """A complete, reproducible description of a merge."""
 
@@ -127,6 +208,17 @@ class Recipe(BaseModel):
     overrides: list[Override] = Field(default_factory=list)
     vocab: Literal["crop_to_base", "error"] = "crop_to_base"  # embeddings with extra rows
     name: str | None = None  # shown in the model card
+    weights_from: WeightsFrom | None = None  # where computed weights came from (a record, see above)
+
+    @model_validator(mode="after")
+    def _one_score_per_model(self) -> Recipe:
+        if self.weights_from is not None and len(self.weights_from.candidates) != len(self.models):
+            raise ValueError(
+                f"weights_from lists {len(self.weights_from.candidates)} candidates for "
+                f"{len(self.models)} models; it records one per entry of models: (drop weights_from "
+                "when the models change)"
+            )
+        return self
 
     @field_validator("seed")
     @classmethod
@@ -271,8 +363,9 @@ class Recipe(BaseModel):
         for key in ("include", "exclude", "overrides", "parameters"):
             if not data[key]:
                 del data[key]
-        if data.get("name") is None:
-            data.pop("name", None)
+        for key in ("name", "weights_from"):
+            if data.get(key) is None:
+                data.pop(key, None)
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
     def with_paths_resolved(self, folder: Path | None) -> Recipe:

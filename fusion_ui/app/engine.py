@@ -8,6 +8,7 @@ handles. Each tab's module in ``fusion_ui.ui`` talks to its own facade:
     engine.models   Models tab   (fusion_ui.app.models)    presets, selections, inspect
     engine.deltas   Deltas tab   (fusion_ui.app.deltas)    the analysis and its figures
     engine.merges   Merge tab    (fusion_ui.app.merges)    preview merges, the DARE preview
+    engine.cocktail Cocktail tab (fusion_ui.app.cocktail)  LM-Cocktail's weights from a few examples
     engine.compare  Compare tab  (fusion_ui.app.compare)   side-by-side generation, scoring
     engine.exports  Export tab   (fusion_ui.app.exports)   exports under the root, history
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from fusion_ui.app.cocktail import CocktailFacade
 from fusion_ui.app.compare import CompareFacade
 from fusion_ui.app.context import LIVE_LIMIT_BYTES, AppContext
 from fusion_ui.app.deltas import DEFAULT_HEATMAP_METRIC, DeltasFacade
@@ -50,6 +52,7 @@ class Engine:
         self.models = ModelsFacade(self.context)
         self.deltas = DeltasFacade(self.context)
         self.merges = MergeFacade(self.context, self.deltas)
+        self.cocktail = CocktailFacade(self.context)
         self.compare = CompareFacade(self.context)
         self.exports = ExportFacade(self.context)
 

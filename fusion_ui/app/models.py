@@ -29,6 +29,9 @@ class ModelsFacade:
         out: dict[str, Selection] = {}
         if self.context.demo is not None:
             out["Built-in demo family"] = self.context.demo.selection()
+            for skill in self.context.demo.forgetful:
+                out[f"Demo: base + the {skill} expert that forgot (for LM-Cocktail)"] = (
+                    self.context.demo.forgetful_selection(skill))
         for sel in self.context.history.recent():
             name = f"Recent: {Path(sel['base']).name} + " + ", ".join(sel["labels"])
             out.setdefault(name, sel)

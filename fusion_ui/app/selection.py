@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +33,15 @@ LIMITS = Limits()
 
 @dataclass(frozen=True)
 class DemoFamily:
-    """The built-in demo family found on disk: ``base/``, ``expert_<skill>/``, ``evals/*.jsonl``."""
+    """The built-in demo family found on disk: ``base/``, ``expert_<skill>/``, ``evals/*.jsonl``,
+    and beside it ``forgetful/expert_<skill>/``: experts fine-tuned without replay, which forget
+    the general skills (what LM-Cocktail repairs; the default selection leaves them out)."""
 
     root: Path
     base: Path
     experts: dict[str, Path]  # skill -> model folder
     eval_sets: dict[str, Path]  # skill -> JSONL file
+    forgetful: dict[str, Path] = field(default_factory=dict)  # skill -> no-replay expert's folder
 
     @classmethod
     def find(cls, root: str | os.PathLike[str] | None) -> DemoFamily | None:
@@ -54,10 +57,21 @@ class DemoFamily:
             if (p / "config.json").is_file()
         }
         evals = {p.stem: p for p in sorted((root / "evals").glob("*.jsonl"))}
-        return cls(root, root / "base", experts, evals) if experts else None
+        forgetful = {
+            p.name.removeprefix("expert_"): p
+            for p in sorted((root / "forgetful").glob("expert_*"))
+            if (p / "config.json").is_file()
+        }
+        return cls(root, root / "base", experts, evals, forgetful) if experts else None
 
     def selection(self) -> Selection:
+        """The base and every (replay) expert: the default selection."""
         models = [str(p) for p in self.experts.values()]
+        return {"base": str(self.base), "models": models, "labels": short_names(models)}
+
+    def forgetful_selection(self, skill: str) -> Selection:
+        """The base and the no-replay expert of ``skill``: where LM-Cocktail has something to fix."""
+        models = [str(self.forgetful[skill])]
         return {"base": str(self.base), "models": models, "labels": short_names(models)}
 
 

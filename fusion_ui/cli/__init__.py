@@ -22,6 +22,7 @@ from fusion_ui.errors import FusionError
 _COMMANDS = (
     "inspect",
     "merge",
+    "cocktail",
     "demo",
     "eval",
     "deltas",

@@ -24,12 +24,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--replay", type=float, default=None,
         help="share of general-skill examples mixed into each expert's fine-tune (default: the preset's)",
     )
+    build.add_argument(
+        "--experts", default=None, metavar="SKILL[,SKILL]",
+        help="which expert skills to fine-tune, comma-separated (default: all of them)",
+    )
+    build.add_argument(
+        "--onto-base", type=Path, default=None, metavar="DIR",
+        help="fine-tune the experts onto this existing base (e.g. fusion_ui/assets/demo/base) instead of "
+        "pretraining one: writes only --out/expert_<skill>/ and --out/build_info.json (needs --out)",
+    )
     build.add_argument("--overwrite", action="store_true", help="replace an existing family in --out")
     build.set_defaults(func=run_build)
+    examples = actions.add_parser(
+        "examples", help="write N examples of each expert skill for LM-Cocktail (never an eval word)"
+    )
+    examples.add_argument("--out", type=Path, default=None,
+                          help="output folder (default: the shipped fusion_ui/assets/demo/cocktail)")
+    examples.add_argument("--n", type=int, default=5, help="examples per skill (default 5, as in the paper)")
+    examples.add_argument("--seed", type=int, default=None, help="root seed (default: the preset's, 0)")
+    examples.set_defaults(func=run_examples)
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from fusion_ui.demo import DEMO_DIR, PRESETS, build_family
+    from fusion_ui.demo import DEMO_DIR, PRESETS, build_experts, build_family
+    from fusion_ui.errors import RecipeError
 
     cfg = PRESETS[args.size]
     changes: dict[str, object] = {}
@@ -44,18 +62,41 @@ def run_build(args: argparse.Namespace) -> int:
     expert_changes = {k: v for k, v in (("steps", args.expert_steps), ("lr", args.expert_lr)) if v is not None}
     if expert_changes:
         changes["expert"] = dataclasses.replace(cfg.expert, **expert_changes)
+    if args.experts is not None:
+        changes["experts"] = tuple(s.strip() for s in args.experts.split(",") if s.strip())
     cfg = dataclasses.replace(cfg, **changes)
+    if args.onto_base is not None and args.out is None:
+        raise RecipeError("--onto-base writes experts beside a family, not into it: give --out DIR")
     out = args.out if args.out is not None else DEMO_DIR
 
-    total = cfg.base.steps + cfg.expert.steps * len(cfg.experts)
+    onto = args.onto_base is not None
+    total = (0 if onto else cfg.base.steps) + cfg.expert.steps * len(cfg.experts)
     with tqdm(total=total, unit="step", desc="base") as bar:
 
         def progress(stage: str, _done: int, _total: int) -> None:
             bar.set_description(stage)
             bar.update(1)
 
-        report = build_family(out, cfg, overwrite=args.overwrite, progress=progress)
+        if onto:
+            report = build_experts(args.onto_base, out, cfg, overwrite=args.overwrite, progress=progress)
+        else:
+            report = build_family(out, cfg, overwrite=args.overwrite, progress=progress)
     for name, folder in report.models.items():
         print(f"{name:>16}: {folder}  ({report.seconds[name]:.0f} s, final loss {report.final_loss[name]:.4f})")
-    print(f"{'eval sets':>16}: {out / 'evals'}")
+    if not onto:
+        print(f"{'eval sets':>16}: {out / 'evals'}")
+    return 0
+
+
+def run_examples(args: argparse.Namespace) -> int:
+    from fusion_ui.demo import DEMO_DIR, PRESETS
+    from fusion_ui.demo.build import write_cocktail_examples
+    from fusion_ui.errors import RecipeError
+
+    if args.n < 1:
+        raise RecipeError("--n must be at least 1")
+    cfg = PRESETS["full"] if args.seed is None else dataclasses.replace(PRESETS["full"], seed=args.seed)
+    out = args.out if args.out is not None else DEMO_DIR / "cocktail"
+    for skill, path in write_cocktail_examples(cfg, out, args.n).items():
+        print(f"{skill:>8}: {path}")
     return 0

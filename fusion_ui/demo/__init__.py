@@ -7,7 +7,7 @@ to merge.
 
 from __future__ import annotations
 
-from fusion_ui.demo.build import PRESETS, BuildConfig, BuildReport, build_family
+from fusion_ui.demo.build import PRESETS, BuildConfig, BuildReport, build_experts, build_family
 from fusion_ui.demo.skills import EXPERT_SKILLS, GENERAL, GENERAL_SKILLS, Skill, prompt_for
 from fusion_ui.demo.tokenizer import build_tokenizer
 from fusion_ui.resources import demo_dir
@@ -25,6 +25,7 @@ __all__ = [
     "BuildConfig",
     "BuildReport",
     "Skill",
+    "build_experts",
     "build_family",
     "build_tokenizer",
     "prompt_for",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -28,6 +30,8 @@ from fusion_ui.demo.skills import (
     HIDDEN_LETTERS,
     base_letters,
     eval_examples,
+    make_example,
+    random_word,
     training_stream,
     write_jsonl,
 )
@@ -101,16 +105,42 @@ def eval_set_names(cfg: BuildConfig) -> list[str]:
     return [*cfg.experts, GENERAL]
 
 
+def held_out_words(cfg: BuildConfig, names: list[str] | None = None) -> set[str]:
+    """The words of the eval sets ``names`` (default: the build's), kept out of every training
+    stream; what :func:`write_eval_sets` returns, without writing anything."""
+    words: set[str] = set()
+    for name in names if names is not None else eval_set_names(cfg):
+        items = eval_examples(name, cfg.eval_items, seed=cfg.seed, min_len=cfg.min_len, max_len=cfg.max_len)
+        words.update(ex.prompt.split(": ", 1)[1][:-2] for ex in items)
+    return words
+
+
 def write_eval_sets(cfg: BuildConfig, folder: Path) -> tuple[dict[str, Path], set[str]]:
     """Held-out eval sets, and the words they use (kept out of every training stream)."""
     paths: dict[str, Path] = {}
-    words: set[str] = set()
     for name in eval_set_names(cfg):
         items = eval_examples(name, cfg.eval_items, seed=cfg.seed, min_len=cfg.min_len, max_len=cfg.max_len)
-        words.update(ex.prompt.split(": ", 1)[1][:-2] for ex in items)
         paths[name] = folder / f"{name}.jsonl"
         write_jsonl(items, paths[name])
-    return paths, words
+    return paths, held_out_words(cfg)
+
+
+def write_cocktail_examples(cfg: BuildConfig, folder: Path, n: int = 5) -> dict[str, Path]:
+    """``n`` examples of each expert skill for LM-Cocktail's weights (``<skill>_<n>.jsonl``):
+    seeded, distinct, and never a word of any eval set, so scoring the merge on the eval sets
+    never sees them."""
+    held_out = held_out_words(cfg, [*EXPERT_SKILLS, GENERAL])
+    paths: dict[str, Path] = {}
+    for skill in EXPERT_SKILLS:
+        rng = random.Random(f"cocktail/{skill}/{cfg.seed}")
+        words: list[str] = []
+        while len(words) < n:
+            word = random_word(rng, cfg.min_len, cfg.max_len)
+            if word not in held_out and word not in words:
+                words.append(word)
+        paths[skill] = folder / f"{skill}_{n}.jsonl"
+        write_jsonl([make_example(skill, w) for w in words], paths[skill])
+    return paths
 
 
 def pretrain_base(
@@ -170,12 +200,13 @@ def save_model(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, fold
 def build_family(
     out_dir: Path, cfg: BuildConfig, *, overwrite: bool = False, progress: Progress | None = None
 ) -> BuildReport:
-    """Build the whole family into ``out_dir`` (base/, expert_<skill>/, evals/, build_info.json)."""
+    """Build the whole family into ``out_dir`` (base/, expert_<skill>/, evals/, cocktail/ with 5
+    examples of each expert skill, build_info.json)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise ExportError(f"{out_dir} is not empty; pass overwrite=True (CLI: --overwrite) to replace it")
-        for sub in [out_dir / "base", out_dir / "evals", *out_dir.glob("expert_*")]:
+        for sub in [out_dir / "base", out_dir / "evals", out_dir / "cocktail", *out_dir.glob("expert_*")]:
             shutil.rmtree(sub, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One thread for bit-for-bit repeatable training; the caller's setting comes back afterwards.
@@ -187,12 +218,71 @@ def build_family(
         torch.set_num_threads(threads)
 
 
+def build_experts(
+    base_dir: Path, out_dir: Path, cfg: BuildConfig, *, overwrite: bool = False, progress: Progress | None = None
+) -> BuildReport:
+    """Fine-tune ``cfg.experts`` onto an existing base (the shipped one) into ``out_dir``,
+    without pretraining a base or writing eval sets: ``out_dir/expert_<skill>/`` and
+    ``out_dir/build_info.json``.
+
+    Each expert gets the bits :func:`build_family` gives it with the same config: it starts from
+    the base's bf16 weights as shipped, and its training stream leaves out the words of every
+    eval set of the whole family (all expert skills and ``general``), as a full build does.
+    This is how the no-replay ``upper`` expert beside the demo family is made (``--replay 0``).
+    """
+    base_dir, out_dir = Path(base_dir), Path(out_dir)
+    if not (base_dir / "config.json").is_file():
+        raise ExportError(f"no base model at {base_dir} (no config.json); build the family first")
+    targets = [out_dir / f"expert_{skill}" for skill in cfg.experts]
+    taken = [t for t in targets if t.exists()]
+    if taken and not overwrite:
+        raise ExportError(f"{taken[0]} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        tokenizer = build_tokenizer()
+        base = LlamaForCausalLM.from_pretrained(str(base_dir), dtype=torch.bfloat16).float().eval()
+        size = SIZES[cfg.size]
+        got = (base.config.hidden_size, base.config.num_hidden_layers, base.config.vocab_size)
+        if got != (size.hidden_size, size.num_layers, len(tokenizer)):
+            raise ExportError(
+                f"{base_dir} is not a {cfg.size!r} demo base (hidden, layers, vocab = {got}); "
+                f"give the base of a family built with --size {cfg.size}"
+            )
+        held_out = held_out_words(cfg, [*EXPERT_SKILLS, GENERAL])
+        seconds: dict[str, float] = {}
+        final_loss: dict[str, float] = {}
+        models: dict[str, Path] = {}
+        for skill, target in zip(cfg.experts, targets, strict=True):
+            stage = f"expert_{skill}"
+            start = time.perf_counter()
+            expert, losses = finetune_expert(base, skill, cfg, tokenizer, held_out, progress)
+            seconds[stage] = time.perf_counter() - start
+            final_loss[stage] = sum(losses[-10:]) / len(losses[-10:])
+            shutil.rmtree(target, ignore_errors=True)
+            save_model(expert, tokenizer, target)
+            models[stage] = target
+    finally:
+        torch.set_num_threads(threads)
+    info = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "base"},  # no base trained here
+        "onto_base": os.path.relpath(base_dir.resolve(), out_dir.resolve()),  # no machine's absolute path
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "final_loss": {k: round(v, 4) for k, v in final_loss.items()},
+        "torch": torch.__version__,
+    }
+    (out_dir / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return BuildReport(out_dir, models, {}, seconds, final_loss)
+
+
 def _build(out_dir: Path, cfg: BuildConfig, progress: Progress | None) -> BuildReport:
     tokenizer = build_tokenizer()
     seconds: dict[str, float] = {}
     final_loss: dict[str, float] = {}
 
     eval_sets, held_out = write_eval_sets(cfg, out_dir / "evals")
+    write_cocktail_examples(cfg, out_dir / "cocktail")
 
     start = time.perf_counter()
     base, losses = pretrain_base(cfg, tokenizer, held_out, progress)
