@@ -23,6 +23,7 @@ _COMMANDS = (
     "inspect",
     "merge",
     "cocktail",
+    "compose",
     "demo",
     "eval",
     "deltas",

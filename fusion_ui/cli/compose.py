@@ -1,0 +1,235 @@
+"""``fusion-ui compose train|eval|generate``: CALM, a frozen anchor composed with a frozen
+augmenting model through small trained bridges (arXiv 2401.02412).
+
+``train ANCHOR AUG --data FILE --out BRIDGES`` trains the bridges on prompt/answer rows and
+writes only them (``bridges.safetensors`` + ``bridges.json``), atomically: Ctrl-C / SIGTERM stop
+at the next step and write nothing (exit 130 / 143). ``eval`` and ``generate`` load the two
+models and the bridges. Light at import: torch loads in the functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fusion_ui.cli.exporting import ProgressBar, stop_on_signals
+from fusion_ui.errors import CancelledError
+
+# Defaults of fusion_ui.train.TrainConfig and fusion_ui.compose.bridges (not imported: torch)
+DEFAULT_STEPS = 200
+DEFAULT_BATCH = 8
+DEFAULT_LR = 1e-3
+DEFAULT_WARMUP = 10
+DEFAULT_EVERY = 4
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "compose",
+        help="CALM: compose a frozen anchor with a frozen augmenting model through trained bridges",
+        description="CALM (arXiv 2401.02412): train small cross-attention bridges from an augmenting "
+        "model's layers into an anchor's, both frozen and sharing one tokenizer; then evaluate or "
+        "generate with anchor + augmenting model + bridges.",
+    )
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    t = verbs.add_parser("train", help="train bridges on a composition set and write them to --out")
+    _add_models(t)
+    t.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="composition set: .jsonl or .csv with prompt and answer",
+    )
+    t.add_argument(
+        "--out",
+        required=True,
+        metavar="BRIDGES",
+        help="folder for bridges.safetensors + bridges.json",
+    )
+    t.add_argument(
+        "--pairs",
+        metavar="A:B,...",
+        help="layer pairs AUG_BLOCK:ANCHOR_BLOCK (0-based), e.g. 3:5,7:11 "
+        f"(default: every {DEFAULT_EVERY}th block of AUG, evenly spaced blocks of ANCHOR)",
+    )
+    t.add_argument(
+        "--every",
+        type=int,
+        default=DEFAULT_EVERY,
+        help=f"default pairs: every Nth block of AUG (default {DEFAULT_EVERY})",
+    )
+    t.add_argument(
+        "--offset",
+        type=int,
+        default=None,
+        help="default pairs: AUG's first block (default every - 1)",
+    )
+    t.add_argument(
+        "--heads", type=int, default=None, help="cross-attention heads (default: the anchor's)"
+    )
+    t.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help=f"optimizer steps (default {DEFAULT_STEPS})",
+    )
+    t.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"rows per step (default {DEFAULT_BATCH})",
+    )
+    t.add_argument(
+        "--lr", type=float, default=DEFAULT_LR, help=f"peak learning rate (default {DEFAULT_LR:g})"
+    )
+    t.add_argument(
+        "--warmup",
+        type=int,
+        default=DEFAULT_WARMUP,
+        help=f"warm-up steps (default {DEFAULT_WARMUP})",
+    )
+    t.add_argument(
+        "--max-grad-norm", type=float, default=1.0, help="gradient clipping (default 1.0)"
+    )
+    t.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the bridges' init and the batch order (default 0)",
+    )
+    t.add_argument(
+        "--max-length", type=int, default=None, help="cut rows longer than this many tokens"
+    )
+    t.add_argument("--force", action="store_true", help="replace --out if it holds earlier bridges")
+    t.set_defaults(func=run_train)
+
+    e = verbs.add_parser("eval", help="score the composition (and the anchor alone) on an eval set")
+    _add_models(e)
+    _add_bridges(e)
+    e.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="eval set: .jsonl or .csv with prompt and answer",
+    )
+    e.add_argument("--metric", choices=("exact_match", "contains"), default="exact_match")
+    e.add_argument("--perplexity", action="store_true", help="also report answer-only perplexity")
+    e.add_argument("--no-anchor", action="store_true", help="skip the anchor-alone baseline row")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.set_defaults(func=run_eval)
+
+    g = verbs.add_parser("generate", help="greedy continuations of prompts by the composition")
+    _add_models(g)
+    _add_bridges(g)
+    g.add_argument("--prompt", action="append", required=True, help="a prompt; repeatable")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.set_defaults(func=run_generate)
+
+
+def _add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "anchor", metavar="ANCHOR", help="the anchor m_B (its head speaks): folder or hub id"
+    )
+    p.add_argument("augment", metavar="AUG", help="the augmenting model m_A: folder or hub id")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+
+
+def _add_bridges(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bridges",
+        required=True,
+        metavar="BRIDGES",
+        help="folder written by `fusion-ui compose train`",
+    )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fusion_ui.compose import parse_pairs, train_composition
+    from fusion_ui.evals import load_eval_set
+    from fusion_ui.train import TrainConfig
+
+    items = load_eval_set(args.data)
+    pairs = parse_pairs(args.pairs) if args.pairs else None
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup,
+        max_grad_norm=args.max_grad_norm,
+        seed=args.seed,
+    )
+    with stop_on_signals() as stop:
+        bar = ProgressBar("step", "training bridges")
+        try:
+            done = train_composition(
+                args.anchor,
+                args.augment,
+                items,
+                args.out,
+                pairs=pairs,
+                every=args.every,
+                offset=args.offset,
+                heads=args.heads,
+                config=config,
+                max_length=args.max_length,
+                device=args.device,
+                force=args.force,
+                progress=bar,
+                cancel=stop.cancel,
+            )
+        except (CancelledError, KeyboardInterrupt):
+            if not stop.stopped:
+                raise
+            bar.close()
+            return stop.exit_code(f"training was cancelled, and nothing was written to {args.out}")
+        finally:
+            bar.close()
+    losses = done.result.losses
+    print(
+        f"trained {len(done.pairs)} bridge(s) at pairs {','.join(str(p) for p in done.pairs)} "
+        f"in {done.result.seconds:.1f} s: loss {losses[0]:.4f} -> {losses[-1]:.4f}"
+    )
+    print(f"wrote {done.folder}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from fusion_ui.compose import load_composition
+    from fusion_ui.evals import evaluate, load_eval_set, score_table
+
+    items = load_eval_set(args.data)
+    model, tokenizer = load_composition(args.anchor, args.augment, args.bridges, device=args.device)
+    options = {
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "with_perplexity": args.perplexity,
+    }
+    tables = [evaluate(model, tokenizer, items, model_name="composition", **options)]
+    if not args.no_anchor:
+        tables.append(
+            evaluate(model.anchor, tokenizer, items, model_name="anchor alone", **options)
+        )
+    results = pd.concat(tables, ignore_index=True)
+    print(f"{args.metric} (%), {len(items)} item(s)")
+    print((score_table(results, args.metric) * 100).round(1).to_string())
+    if args.perplexity:
+        print("\nanswer-only perplexity")
+        print(score_table(results, "perplexity").round(3).to_string())
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from fusion_ui.compose import load_composition
+    from fusion_ui.evals import greedy_generate
+
+    model, tokenizer = load_composition(args.anchor, args.augment, args.bridges, device=args.device)
+    texts = greedy_generate(
+        model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, device=args.device
+    )
+    for prompt, text in zip(args.prompt, texts, strict=True):
+        print(f"{prompt}{text}")
+    sys.stdout.flush()
+    return 0

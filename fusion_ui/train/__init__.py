@@ -1,0 +1,19 @@
+"""Training small modules beside frozen models: one loop (:mod:`fusion_ui.train.loop`) and the
+answer-only LM loss (:mod:`fusion_ui.train.lm_loss`), shared by CALM's bridges and, later, the
+other frozen-LM methods. Nothing here knows which method it trains.
+"""
+
+from __future__ import annotations
+
+from fusion_ui.train.lm_loss import answer_loss, collate_scored
+from fusion_ui.train.loop import TrainConfig, TrainProgress, TrainResult, batch_order, train_loop
+
+__all__ = [
+    "TrainConfig",
+    "TrainProgress",
+    "TrainResult",
+    "answer_loss",
+    "batch_order",
+    "collate_scored",
+    "train_loop",
+]
