@@ -29,7 +29,7 @@ from fusion_ui.device import resolve_device
 from fusion_ui.errors import ExportError, ModelSourceError, RecipeError
 from fusion_ui.io.checkpoint import TOKENIZER_FILES, tokenizer_files, tokenizer_size
 from fusion_ui.io.source import resolve_model
-from fusion_ui.io.staging import OLD, TMP, Leftover, remove_dead, working_folder
+from fusion_ui.io.staging import TMP, Leftover, move_into_place, remove_dead, working_folder
 from fusion_ui.io.writer import ShardedSafetensorsSink, format_size, parse_size
 from fusion_ui.merge import MergePlan, plan_merge, run_merge
 from fusion_ui.mergekit_compat import recipe_to_mergekit
@@ -132,7 +132,7 @@ def export_merge(
                 (tmp / "README.md").write_text(model_card(plan, recipe_yaml, notes), encoding="utf-8")
                 if cancel is not None:
                     cancel.raise_if_cancelled()
-                _replace(tmp, target, force=force)
+                move_into_place(tmp, target, recheck=lambda t: check_target(t, force=force))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -323,25 +323,6 @@ def _check_disk_space(folder: Path, needed: int) -> None:
             f"filesystem), so {format_size(needed + _DISK_MARGIN)} in all; {format_size(free)} "
             f"are free. Free some space, export elsewhere, or pick a smaller dtype"
         )
-
-
-def _replace(tmp: Path, target: Path, *, force: bool) -> None:
-    """Move the finished folder into place; an old target (with force) goes only after."""
-    if target.exists() or target.is_symlink():
-        check_target(target, force=force)  # still what it was when the export began?
-        old = working_folder(target, OLD)
-        target.rename(old)
-        try:
-            tmp.rename(target)
-        except BaseException:
-            old.rename(target)
-            raise
-        if old.is_symlink():
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)
 
 
 # -- contents ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from fusion_ui.compose.calm import (
 )
 from fusion_ui.errors import ExportError, IncompatibleModelsError, ModelSourceError
 from fusion_ui.io.source import ModelSource, resolve_model
-from fusion_ui.io.staging import OLD, TMP, remove_dead, working_folder
+from fusion_ui.io.staging import TMP, move_into_place, remove_dead, working_folder
 
 FORMAT = "fusion_ui/calm-bridges"
 VERSION = 1
@@ -177,7 +177,7 @@ def save_bridges(
     try:
         save_file(tensors, tmp / TENSORS_FILE, metadata={"format": FORMAT})
         (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(tmp, target, force=force)
+        move_into_place(tmp, target, recheck=lambda t: _check_target(t, force=force))
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ExportError(f"cannot write the bridges to {target}: {exc.strerror or exc}") from exc
@@ -206,21 +206,6 @@ def _check_target(target: Path, *, force: bool) -> None:
         raise ExportError(
             f"{target} is not a bridges folder (no {CONFIG_FILE}); it is never replaced, choose another folder"
         )
-
-
-def _move_into_place(tmp: Path, target: Path, *, force: bool) -> None:
-    if not (target.exists() or target.is_symlink()):
-        tmp.rename(target)
-        return
-    _check_target(target, force=force)  # still what it was when the work began?
-    old = working_folder(target, OLD)
-    target.rename(old)
-    try:
-        tmp.rename(target)
-    except BaseException:
-        old.rename(target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_bridges_info(folder: str | os.PathLike[str]) -> BridgesInfo:

@@ -17,6 +17,7 @@ import re
 import shutil
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -58,6 +59,27 @@ def this_process() -> Owner:
 def working_folder(target: Path, kind: Kind) -> Path:
     """A fresh name for a working folder of ``kind`` beside ``target``, owned by this process."""
     return target.parent / f".{target.name}.{kind}-{this_process().tag}-{uuid.uuid4().hex[:6]}"
+
+
+def move_into_place(tmp: Path, target: Path, *, recheck: Callable[[Path], None]) -> None:
+    """Rename the finished folder ``tmp`` to ``target``. An existing target is first checked
+    again (``recheck`` raises if it may no longer be replaced), moved aside, and removed only
+    once ``tmp`` took its place; if that rename fails, the old target comes back."""
+    if not (target.exists() or target.is_symlink()):
+        tmp.rename(target)
+        return
+    recheck(target)  # still what it was when the work began?
+    old = working_folder(target, OLD)
+    target.rename(old)
+    try:
+        tmp.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    if old.is_symlink():
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def leftovers(target: Path) -> list[Leftover]:
