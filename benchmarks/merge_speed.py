@@ -4,7 +4,9 @@ Builds (or reuses) a synthetic Llama family (base + 3 fine-tunes, bf16, 500 MB s
 default is the 0.9B family of the speed issue), runs ``fusion-ui merge`` and, when
 ``--mergekit-cmd`` is given, mergekit's ``mergekit-yaml`` on the equivalent config, each in its
 own process, and prints wall time, peak RSS and ratios per method, plus the largest absolute
-difference between the two outputs for the deterministic methods.
+difference between the two outputs for the deterministic methods. fusion_ui runs each merge
+twice: from its own recipe, and from the mergekit YAML of the same merge (what a user coming
+from mergekit brings; for DARE, mergekit's L1 rescale).
 
     python benchmarks/merge_speed.py --size tiny                       # smoke run, seconds
     python benchmarks/merge_speed.py --mergekit-cmd /opt/mergekit-venv/bin/mergekit-yaml
@@ -195,11 +197,17 @@ def main(argv: list[str] | None = None) -> int:
         wall, rss = timed([sys.executable, "-m", "fusion_ui.cli", "merge", str(ours_yaml), "--out",
                            str(ours_out), "--device", args.device, "--no-mergekit"], env)
         row = {"method": method, "fusion_ui_s": wall, "fusion_ui_rss_gb": rss}
+        # The same merge as a user coming from mergekit gives it: its YAML, to both tools (for
+        # DARE that means mergekit's L1 rescale, its default).
+        mk_text, _ = recipe_to_mergekit(recipe_from_dict(recipe))
+        assert mk_text is not None
+        mk_yaml = out_root / f"{method}.mergekit.yml"
+        mk_yaml.write_text(mk_text)
+        shutil.rmtree(ours_out, ignore_errors=True)
+        wall, rss = timed([sys.executable, "-m", "fusion_ui.cli", "merge", str(mk_yaml), "--out",
+                           str(ours_out), "--device", args.device, "--no-mergekit"], env)
+        row |= {"fusion_ui_mk_yaml_s": wall, "fusion_ui_mk_yaml_rss_gb": rss}
         if args.mergekit_cmd:
-            mk_text, _ = recipe_to_mergekit(recipe_from_dict(recipe))
-            assert mk_text is not None
-            mk_yaml = out_root / f"{method}.mergekit.yml"
-            mk_yaml.write_text(mk_text)
             mk_out = merged_root / f"{method}-mergekit"
             shutil.rmtree(mk_out, ignore_errors=True)
             gpu_flag = ["--cuda"] if args.device.startswith("cuda") else []
@@ -215,11 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     latency_on, latency = remerge_latency(args.device)
     delta_s = delta_report_seconds(family, args.device)
     print()
-    print(f"{'method':16s} {'fusion_ui':>10s} {'RSS':>7s} {'mergekit':>10s} {'RSS':>7s} {'speedup':>8s} {'max|Δ|':>9s}")
+    print(f"{'':16s} {'fusion_ui, native':>18s} {'fusion_ui, mergekit YAML':>25s} {'mergekit':>18s}")
+    print(f"{'method':16s} {'wall':>10s} {'RSS':>7s} {'wall':>10s} {'RSS':>7s} {'vs mk':>6s} {'wall':>10s} {'RSS':>7s}"
+          f" {'speedup':>8s} {'max|Δ|':>9s}")
     for r in rows:
-        mk = f"{r['mergekit_s']:9.1f}s {r['mergekit_rss_gb']:6.2f}G {r['speedup']:7.1f}x" if "mergekit_s" in r else f"{'-':>10s} {'-':>7s} {'-':>8s}"
+        if "mergekit_s" in r:
+            mk = f"{r['mergekit_s']:9.1f}s {r['mergekit_rss_gb']:6.2f}G {r['speedup']:7.1f}x"
+            vs = f"{r['mergekit_s'] / r['fusion_ui_mk_yaml_s']:5.1f}x"
+        else:
+            mk, vs = f"{'-':>10s} {'-':>7s} {'-':>8s}", f"{'-':>6s}"
         diff = f"{r['max_abs_diff']:9.2g}" if "max_abs_diff" in r else f"{'-':>9s}"
-        print(f"{r['method']:16s} {r['fusion_ui_s']:9.1f}s {r['fusion_ui_rss_gb']:6.2f}G {mk} {diff}")
+        print(f"{r['method']:16s} {r['fusion_ui_s']:9.1f}s {r['fusion_ui_rss_gb']:6.2f}G "
+              f"{r['fusion_ui_mk_yaml_s']:9.1f}s {r['fusion_ui_mk_yaml_rss_gb']:6.2f}G {vs} {mk} {diff}")
     print(f"in-memory re-merge, {latency_on} (DARE-TIES into the preview model): {latency * 1000:.0f} ms (target < 500 ms)")
     print(f"delta report, base + 1 fine-tune ({args.size}): {delta_s:.2f} s (target < 5 s for the 0.9B pair)")
     gpu = f", on {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""

@@ -46,6 +46,8 @@ CASES = [
     ("dare_ties", {"drop_rate": 0.9}, {}),
     ("dare_ties", {"drop_rate": 0.5}, {"rescale": "none", "normalize": False}),
     ("dare_linear", {"drop_rate": 0.99}, {"lambda": 2.0}),
+    ("dare_ties", {"drop_rate": 0.9}, {"rescale": "l1"}),  # mergekit's DARE (every DARE mergekit YAML)
+    ("dare_linear", {"drop_rate": 0.3}, {"rescale": "l1", "lambda": 0.8}),
     ("magnitude_prune", {"drop_rate": 0.7}, {"rescale": "inverse"}),
     ("linear", {}, {}),
     ("linear", {}, {"normalize": False}),
@@ -82,7 +84,7 @@ def test_ties_exactly_at_the_threshold_are_kept_like_the_reference() -> None:
 
 
 def test_uncovered_settings_fall_back_to_the_reference() -> None:
-    m, raw, _ = contexts("dare_ties", torch.bfloat16, 1000, {"drop_rate": 0.5}, {"rescale": "l1"})
+    m, raw, _ = contexts("magnitude_prune", torch.bfloat16, 1000, {"drop_rate": 0.5}, {"rescale": "l1"})
     assert m.merge_fused_cpu(raw, torch.bfloat16) is None
     m, raw, _ = contexts("della", torch.bfloat16, 1000, {}, {})
     assert m.merge_fused_cpu(raw, torch.bfloat16) is None
@@ -112,3 +114,36 @@ def test_warm_up_loads_the_bf16_kernels_on_a_thread_and_the_package_import_stays
     code = "import sys, fusion_ui.kernels, fusion_ui.merge; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_l1_rescale_uses_the_exact_norms_and_the_kernel_draws_the_reference_mask() -> None:
+    # Hand-checkable: deltas of 1, 2, 3, 4 repeated; the factor is Σ|δ| / Σ|kept δ| exactly,
+    # from the reference's own mask, and the fused pass gives the same bits.
+    n = cpu.CHUNK + 1001
+    base = torch.zeros(n)
+    delta = torch.tensor([1.0, 2.0, 3.0, 4.0]).repeat(n // 4 + 1)[:n]
+    m = get_method("dare_linear")
+    mps = [{"weight": 1.0, "drop_rate": 0.5}]
+    gp = {"lambda": 1.0, "normalize": False, "rescale": "l1"}
+    ctx = TensorContext(NAME, base, [base + delta], mps, gp, seed=3)
+    from fusion_ui.methods.sparsify import dare_keep_mask
+
+    kept = dare_keep_mask((n,), 0.5, ctx.key(0))
+    factor = float(torch.tensor(float(delta.sum()) / float(delta[kept].sum()), dtype=torch.float32))
+    want = torch.where(kept, delta * factor, torch.zeros(n))
+    ref = m.merge(TensorContext(NAME, base.clone(), [base + delta], mps, gp, seed=3))
+    assert torch.equal(ref, want)
+    fused = m.merge_fused_cpu(TensorContext(NAME, base, [base + delta], mps, gp, seed=3), torch.float32)
+    assert torch.equal(fused, want)
+
+
+def test_exact_l1_norm_of_awkward_values() -> None:
+    from fractions import Fraction
+
+    from fusion_ui.methods.sparsify import abs_sum_buckets, exact_l1
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50_000, generator=g) * torch.logspace(-30, 30, 50_000)
+    x[:4] = torch.tensor([1e-45, 0.0, -3.4e38, -0.0])  # a subnormal, zeros, near the largest float32
+    want = sum(Fraction(abs(v)) for v in x.tolist())
+    assert Fraction(exact_l1(abs_sum_buckets(x)), 2**149) == want

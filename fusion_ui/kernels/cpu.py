@@ -36,6 +36,8 @@ _LAUNCH = threading.Lock()  # one parallel kernel at a time (work-queue layer; a
 CHUNK = 1 << 16  # elements per work unit
 _BINS = 1 << 16  # radix-select histogram size (16 bits at a time)
 _GROUPS = 4  # histogram passes split the data into this many groups, one (small) histogram each
+_L1_GROUPS = 16  # the L1-norm pass: work units of whole chunks, one set of exact sums each
+_L1_BUCKETS = 254  # binary exponents of a finite float32's |x| (methods.sparsify.L1_BUCKETS)
 
 # Sparsifier codes understood by the task-arithmetic kernel.
 SPARSE_NONE, SPARSE_DARE, SPARSE_TOPK = 0, 1, 2
@@ -285,6 +287,45 @@ if _NUMBA:
         return bad.max()
 
     @nb.njit(parallel=True, nogil=True, cache=True)
+    def _l1_buckets(base, proto, addrs, wanted, dare_thr, keys):  # noqa: ANN001, ANN202
+        """Per model i with ``wanted[i]``: the exact L1 norms of its delta before and after the
+        DARE drop, as significand sums per binary exponent (sparsify.abs_sum_buckets' layout),
+        shape (m, 2, L1_BUCKETS). Integer sums: exact whatever the split over threads."""
+        n = base.shape[0]
+        m = len(addrs)
+        nchunks = (n + CHUNK - 1) // CHUNK
+        groups = min(nchunks, _L1_GROUPS)
+        per_group = (nchunks + groups - 1) // groups
+        sums = np.zeros((groups, m, 2, _L1_BUCKETS), np.int64)
+        for g in nb.prange(groups):
+            draws = np.empty(CHUNK + 4, np.uint16)
+            words = draws.view(np.uint64)
+            for c in range(g * per_group, min(nchunks, (g + 1) * per_group)):
+                start = c * CHUNK
+                size = min(n, start + CHUNK) - start
+                for i in range(m):
+                    if not wanted[i]:
+                        continue
+                    arr = nb.carray(_pointer(proto, addrs[i]), n)
+                    key = keys[i]
+                    thr = np.uint16(dare_thr[i])
+                    for q in range((size + 3) // 4):
+                        words[q] = _word(key, start // 4 + q)
+                    for jj in range(size):
+                        bits = _f32_as_u32(abs(_load(arr, start + jj) - _load(base, start + jj)))
+                        exponent = bits >> np.uint32(23)
+                        if exponent == np.uint32(255):  # inf / NaN: the merge pass refuses it
+                            continue
+                        significand = np.int64(bits & np.uint32(0x7FFFFF))
+                        if exponent > np.uint32(0):
+                            significand += np.int64(0x800000)
+                        e = np.int64(exponent) - 1 if exponent > np.uint32(0) else np.int64(0)
+                        sums[g, i, 0, e] += significand
+                        if draws[jj] >= thr:
+                            sums[g, i, 1, e] += significand
+        return sums.sum(axis=0)
+
+    @nb.njit(parallel=True, nogil=True, cache=True)
     def _linear(proto, addrs, out, weights, normalize, weight_sum):  # noqa: ANN001, ANN202
         n = out.shape[0]
         m = len(addrs)
@@ -398,6 +439,15 @@ def _task_arithmetic_locked(
         spec.scale, spec.apply_scale, topk_bits, tie_need, tie_before, spec.consensus,
         spec.normalize, np.float32(spec.weight_sum), np.float32(spec.lam), spec.apply_lam,
     ))
+
+
+def dare_l1_norms(base: np.ndarray, models: list[np.ndarray], wanted: np.ndarray, dare_threshold: np.ndarray,
+                  keys: np.ndarray) -> np.ndarray:
+    """Exact L1 norms of each wanted model's delta before and after its DARE drop, as exponent
+    buckets (m, 2, L1_BUCKETS); ``methods.sparsify.exact_l1`` turns a row into the norm."""
+    with _LAUNCH:
+        proto, addrs = _addresses(models, base.shape[0])
+        return _l1_buckets(base, proto, addrs, wanted, dare_threshold, keys)
 
 
 def linear(models: list[np.ndarray], out: np.ndarray, weights: np.ndarray, normalize: bool,

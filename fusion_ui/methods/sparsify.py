@@ -15,8 +15,10 @@ it is 65536/6554 instead of 10 (a 6e-5 relative difference).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 
 from fusion_ui.rng import LEVELS, keep_levels, quantized_keep, random16, stream_key
@@ -26,9 +28,9 @@ RESCALE_MODES: tuple[str, ...] = ("inverse", "l1", "none")
 
 # Re-exported: the DARE preview and older callers import the draws from here.
 __all__ = [
-    "RESCALE_MODES", "Rescale", "breadcrumbs", "dare", "dare_keep_mask", "della",
-    "della_keep_probabilities", "keep_count", "lowest_mask", "magnitude_prune", "quantized_keep",
-    "random16", "rank_band_mask", "rescale_masked", "stream_key",
+    "L1_BUCKETS", "RESCALE_MODES", "Rescale", "abs_sum_buckets", "breadcrumbs", "dare", "dare_keep_mask",
+    "della", "della_keep_probabilities", "exact_l1", "keep_count", "l1_scale", "lowest_mask", "magnitude_prune",
+    "quantized_keep", "random16", "rank_band_mask", "rescale_masked", "stream_key",
 ]
 
 
@@ -43,15 +45,57 @@ def dare_keep_mask(
     return (random16(numel, key, device) >= threshold).view(shape)
 
 
+# Exact L1 norms: |x| of a finite float32 is M · 2^e units of 2^-149 (the smallest subnormal),
+# M < 2^24 and 0 <= e <= 253; summing M per e in int64 is exact (and order-free) for tensors of
+# up to 2^39 elements, so the fused kernels and this reference get the same norm to the bit.
+L1_BUCKETS = 254
+_L1_CHUNK = 1 << 24  # elements per pass of the reference (bounds its int64 temporaries)
+_L1_FLOOR = 1e-12  # norms at or below this leave the delta as it is (as mergekit's epsilon does)
+
+
+def abs_sum_buckets(x: torch.Tensor) -> torch.Tensor:
+    """Σ of |x|'s significands per binary exponent (int64, :data:`L1_BUCKETS`), exact: the L1
+    norm is Σ_e buckets[e] · 2^(e - 149). Non-finite elements are left out (merges refuse them)."""
+    flat = x.detach().reshape(-1)
+    sums = torch.zeros(L1_BUCKETS, dtype=torch.int64, device=flat.device)
+    for start in range(0, flat.numel(), _L1_CHUNK):
+        bits = flat[start : start + _L1_CHUNK].float().contiguous().view(torch.int32) & 0x7FFFFFFF
+        exponent = bits >> 23
+        significand = bits & 0x7FFFFF
+        significand = torch.where(exponent > 0, significand | 0x800000, significand)
+        finite = exponent < 255
+        shift = (exponent - 1).clamp_(min=0)[finite]
+        sums.scatter_add_(0, shift.long(), significand[finite].long())
+    return sums
+
+
+def exact_l1(buckets: torch.Tensor | Sequence[int]) -> int:
+    """The L1 norm of :func:`abs_sum_buckets` as an integer count of 2^-149."""
+    values = buckets.tolist() if isinstance(buckets, torch.Tensor) else list(buckets)
+    return sum(int(v) << e for e, v in enumerate(values))
+
+
+def l1_scale(before: int, after: int) -> float | None:
+    """The factor that gives a pruned delta (L1 norm ``after``) the norm of the unpruned one
+    (``before``), both in units of 2^-149: their ratio rounded to float32, or None when either
+    norm is at or below 1e-12 (the delta is left as it is)."""
+    floor = _L1_FLOOR * 2.0**149
+    if before <= floor or after <= floor:
+        return None
+    return float(np.float32(before / after))  # int / int is correctly rounded to float64
+
+
 def rescale_masked(original: torch.Tensor, masked: torch.Tensor, mode: Rescale, keep: float) -> torch.Tensor:
-    """Rescale a pruned delta: by 1/keep (the DARE paper), to the original L1 norm (mergekit), or not."""
+    """Rescale a pruned delta: by 1/keep (the DARE paper), to the original L1 norm (mergekit), or not.
+
+    The L1 norms are exact (:func:`abs_sum_buckets`), so the factor does not depend on the
+    order of a sum, and the fused kernels reproduce it bit for bit."""
     if mode == "inverse":
         return masked.mul_(1.0 / keep) if keep != 1.0 else masked
     if mode == "l1":
-        before = original.abs().sum()
-        after = masked.abs().sum()
-        if before > 1e-12 and after > 1e-12:
-            masked.mul_(before / after)
+        scale = l1_scale(exact_l1(abs_sum_buckets(original)), exact_l1(abs_sum_buckets(masked)))
+        if scale is not None:
+            masked.mul_(scale)
         return masked
     if mode == "none":
         return masked

@@ -29,7 +29,15 @@ from fusion_ui.methods.params import (
     density_spec,
     normalize_spec,
 )
-from fusion_ui.methods.sparsify import breadcrumbs, dare, della, keep_count, magnitude_prune
+from fusion_ui.methods.sparsify import (
+    breadcrumbs,
+    dare,
+    della,
+    exact_l1,
+    keep_count,
+    l1_scale,
+    magnitude_prune,
+)
 from fusion_ui.rng import quantized_keep, stream_key
 
 Sparsifier = Literal["none", "magnitude", "dare", "magnitude_prune", "breadcrumbs", "della"]
@@ -148,7 +156,7 @@ class TaskArithmeticFamily(MergeMethod):
         rescale = ctx.params[self.capabilities.rescale] if self.capabilities.rescale else "none"
         if not cpu.available() or self.sparsifier not in ("none", "dare", "magnitude", "magnitude_prune"):
             return None
-        if rescale == "l1":  # needs whole-tensor norms before the element pass: reference only
+        if rescale == "l1" and self.sparsifier != "dare":  # top-k with L1: the reference only
             return None
         base = ctx.require_base(f"method {self.name!r}")
         arrays = kernel_inputs([base, *ctx.models])
@@ -162,6 +170,7 @@ class TaskArithmeticFamily(MergeMethod):
         apply_scale = np.zeros(m, np.bool_)
         keys = np.zeros(m, np.uint64)
         topk: list[int | None] = [None] * m
+        l1_models: list[int] = []  # DARE with the L1 rescale: norms first, in one exact pass
         for i, mp in enumerate(ctx.model_params):
             if self.sparsifier == "dare":
                 t, keep = quantized_keep(mp["drop_rate"])
@@ -169,6 +178,8 @@ class TaskArithmeticFamily(MergeMethod):
                     mode[i], thr[i], keys[i] = cpu.SPARSE_DARE, t, stream_key(ctx.key(i))
                     if rescale == "inverse":
                         scale[i], apply_scale[i] = 1.0 / keep, True
+                    elif rescale == "l1":
+                        l1_models.append(i)
             elif self.sparsifier in ("magnitude", "magnitude_prune"):
                 density = mp["density"] if self.sparsifier == "magnitude" else 1.0 - mp["drop_rate"]
                 k = keep_count(n, density)
@@ -176,6 +187,14 @@ class TaskArithmeticFamily(MergeMethod):
                     mode[i], topk[i] = cpu.SPARSE_TOPK, k
                     if self.sparsifier == "magnitude_prune" and rescale == "inverse":
                         scale[i], apply_scale[i] = 1.0 / (k / n), True
+        if l1_models:
+            wanted = np.zeros(m, np.bool_)
+            wanted[l1_models] = True
+            norms = cpu.dare_l1_norms(arrays[0], arrays[1:], wanted, thr, keys)
+            for i in l1_models:
+                factor = l1_scale(exact_l1(norms[i, 0]), exact_l1(norms[i, 1]))
+                if factor is not None:
+                    scale[i], apply_scale[i] = factor, True
         weights = [float(mp["weight"]) for mp in ctx.model_params]
         lam = float(ctx.params["lambda"])
         spec = cpu.TaskArithmeticSpec(
