@@ -24,6 +24,7 @@ _COMMANDS = (
     "merge",
     "cocktail",
     "compose",
+    "frozen",
     "sweep",
     "demo",
     "eval",

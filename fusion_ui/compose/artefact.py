@@ -240,9 +240,9 @@ def read_bridges_info(folder: str | os.PathLike[str]) -> BridgesInfo:
 def check_bridges_fit(info: BridgesInfo, anchor: PreTrainedModel, augment: PreTrainedModel) -> None:
     """Refuse models the bridges were not trained for, naming which and what to give instead."""
     got_anchor, got_augment = identify(anchor), identify(augment)
-    if _same(info.anchor, got_anchor) and _same(info.augment, got_augment):
+    if same_model(info.anchor, got_anchor) and same_model(info.augment, got_augment):
         return
-    if _same(info.anchor, got_augment) and _same(info.augment, got_anchor):
+    if same_model(info.anchor, got_augment) and same_model(info.augment, got_anchor):
         raise IncompatibleModelsError(
             "the anchor and the augmenting model are swapped: these bridges were trained with "
             f"anchor {info.anchor.ref} and augmenting model {info.augment.ref}; give them in that order"
@@ -252,7 +252,7 @@ def check_bridges_fit(info: BridgesInfo, anchor: PreTrainedModel, augment: PreTr
         ("anchor", info.anchor, got_anchor),
         ("augmenting", info.augment, got_augment),
     ):
-        if not _same(want, got):
+        if not same_model(want, got):
             why = (
                 "another architecture"
                 if want.config_sha256 != got.config_sha256
@@ -269,7 +269,8 @@ def check_bridges_fit(info: BridgesInfo, anchor: PreTrainedModel, augment: PreTr
     )
 
 
-def _same(want: ModelIdentity, got: ModelIdentity) -> bool:
+def same_model(want: ModelIdentity, got: ModelIdentity) -> bool:
+    """Both fingerprints agree: the same architecture and weights, wherever the files are."""
     return want.config_sha256 == got.config_sha256 and want.weights_sha256 == got.weights_sha256
 
 
