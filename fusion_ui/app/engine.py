@@ -9,6 +9,7 @@ handles. Each tab's module in ``fusion_ui.ui`` talks to its own facade:
     engine.deltas   Deltas tab   (fusion_ui.app.deltas)    the analysis and its figures
     engine.merges   Merge tab    (fusion_ui.app.merges)    preview merges, the DARE preview
     engine.cocktail Cocktail tab (fusion_ui.app.cocktail)  LM-Cocktail's weights from a few examples
+    engine.sweeps   Sweep tab    (fusion_ui.app.sweeps)    a grid of merges around the recipe, scored
     engine.compare  Compare tab  (fusion_ui.app.compare)   side-by-side generation, scoring
     engine.exports  Export tab   (fusion_ui.app.exports)   exports under the root, history
 
@@ -28,6 +29,7 @@ from fusion_ui.app.exports import ExportFacade
 from fusion_ui.app.merges import MergeFacade
 from fusion_ui.app.models import ModelsFacade
 from fusion_ui.app.selection import LIMITS, DemoFamily, Limits, Selection
+from fusion_ui.app.sweeps import SweepFacade
 from fusion_ui.runtime.jobs import JobView
 
 
@@ -53,6 +55,7 @@ class Engine:
         self.deltas = DeltasFacade(self.context)
         self.merges = MergeFacade(self.context, self.deltas)
         self.cocktail = CocktailFacade(self.context)
+        self.sweeps = SweepFacade(self.context)
         self.compare = CompareFacade(self.context)
         self.exports = ExportFacade(self.context)
 

@@ -16,6 +16,7 @@ from fusion_ui.figures.deltas import (
 from fusion_ui.figures.html_report import write_html_report
 from fusion_ui.figures.scores import score_chart
 from fusion_ui.figures.style import HEATMAP_SCALE, OKABE_ITO, figure_subtitle, figure_title
+from fusion_ui.figures.sweep import sweep_chart
 from fusion_ui.figures.warm import warm_up
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "pairwise_by_layer_heatmap",
     "pairwise_heatmap",
     "score_chart",
+    "sweep_chart",
     "warm_up",
     "write_html_report",
 ]

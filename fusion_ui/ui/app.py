@@ -19,7 +19,7 @@ import plotly.graph_objects as go  # noqa: E402
 from fusion_ui import __version__  # noqa: E402
 from fusion_ui.app import Engine, MergeRef, make_selection, parse_recipe  # noqa: E402
 from fusion_ui.errors import FusionError  # noqa: E402
-from fusion_ui.ui import api, cocktail, compare, deltas, export, merge, models  # noqa: E402
+from fusion_ui.ui import api, cocktail, compare, deltas, export, merge, models, sweep  # noqa: E402
 from fusion_ui.ui.login import LoginThrottle  # noqa: E402
 from fusion_ui.ui.shared import JOB_EVENT, QUICK, Shared, session_of, user_errors  # noqa: E402
 from fusion_ui.ui.theme import RESTORE_THEME_JS, TOGGLE_DARK_JS, css, fusion_theme, logo_svg  # noqa: E402
@@ -54,9 +54,11 @@ def build_app(engine: Engine) -> gr.Blocks:
                 merge_tab = merge.build(shared)
             with gr.Tab("4 · Cocktail", id="cocktail", elem_id="tab-cocktail"):
                 cocktail_tab = cocktail.build(shared, merge_tab)
-            with gr.Tab("5 · Compare", id="compare", elem_id="tab-compare"):
+            with gr.Tab("5 · Sweep", id="sweep", elem_id="tab-sweep"):
+                sweep.build(shared, merge_tab)
+            with gr.Tab("6 · Compare", id="compare", elem_id="tab-compare"):
                 compare_tab = compare.build(shared)
-            with gr.Tab("6 · Export", id="export", elem_id="tab-export"):
+            with gr.Tab("7 · Export", id="export", elem_id="tab-export"):
                 export_tab = export.build(shared, merge_tab)
         gr.HTML(f'<div id="app-footer">fusion_ui {__version__} · runs locally; models never leave this '
                 "machine · <code>python app.py --help</code></div>")
