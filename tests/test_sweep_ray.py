@@ -1,7 +1,12 @@
 """The Ray executor against the local one: a 2 x 3 sweep on the demo family gives the same table,
-bit for bit (scores identical; times excluded), on a real local Ray (2 CPUs, 127.0.0.1 only).
+bit for bit (scores identical; times excluded), on a real local Ray (2 CPUs, node address
+127.0.0.1, no dashboard), started here and stopped at the end.
 
-Skipped when Ray is not installed (it is the optional ``ray`` extra: ``pip install -e ".[ray]"``).
+Skipped when Ray is not installed (it is the optional ``ray`` extra: ``pip install -e ".[ray]"``;
+CI does not install it). Ray 2.60 registers the node as 127.0.0.1 and requires its token for
+every connection (its default), but some of its gRPC servers still listen on every interface
+(``ss -ltnp`` while it runs); Ray has no setting that confines them, so run this test on a
+machine whose firewall keeps those ports private.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[Any]:
-    """A real Ray on this machine only: 2 CPUs, bound to 127.0.0.1, no dashboard; stopped at the end."""
+    """A real Ray on this machine: 2 CPUs, node address 127.0.0.1, no dashboard; stopped at the end."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     try:
         yield ray
