@@ -147,3 +147,36 @@ def test_exact_l1_norm_of_awkward_values() -> None:
     x[:4] = torch.tensor([1e-45, 0.0, -3.4e38, -0.0])  # a subnormal, zeros, near the largest float32
     want = sum(Fraction(abs(v)) for v in x.tolist())
     assert Fraction(exact_l1(abs_sum_buckets(x)), 2**149) == want
+
+
+def test_small_tensors_wait_for_no_compile_and_take_the_kernels_once_they_are_loaded(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh install's first kernel call compiles for ~20 s: a merge of the demo family (largest
+    # tensor 49k elements) must not wait for it, and gets the same bits the kernels give.
+    import fusion_ui.merge as merge_mod
+    from fusion_ui.recipe import load_recipe
+    from fusion_ui.resources import demo_recipe
+
+    recipe = load_recipe(demo_recipe("dare_ties"))
+    calls: list[int] = []
+    real = cpu.task_arithmetic
+
+    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cpu, "task_arithmetic", counting)
+    monkeypatch.setattr(merge_mod, "warm_up_in_background", lambda: None)  # counted calls are the merge's
+    monkeypatch.setattr(merge_mod, "is_warm", lambda: False)  # a process that has not loaded them
+    reference = merge_mod.merge_to_state_dict(recipe)
+    assert calls == []
+    monkeypatch.setattr(merge_mod, "is_warm", lambda: True)  # loaded (the app warms them at start)
+    warm = merge_mod.merge_to_state_dict(recipe)
+    assert len(calls) == len(warm) == 39
+    monkeypatch.setattr(merge_mod, "is_warm", lambda: False)
+    monkeypatch.setattr(merge_mod, "FUSED_MIN_ELEMENTS", 0)  # as large tensors are
+    large = merge_mod.merge_to_state_dict(recipe)
+    assert len(calls) == 78
+    for got in (warm, large):
+        assert got.keys() == reference.keys()
+        assert all(torch.equal(bits(got[k]), bits(reference[k])) for k in got)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import threading
 
-__all__ = ["warm_up_in_background"]
+__all__ = ["is_warm", "warm_up_in_background"]
 
 _warm: threading.Thread | None = None
 _warm_lock = threading.Lock()
+_loaded = threading.Event()  # set once the warm-up has loaded the kernels
 
 
 def warm_up_in_background() -> threading.Thread:
@@ -40,5 +41,12 @@ def _warm_up() -> None:
         from fusion_ui.kernels import cpu
 
         cpu.warm_up()
+        _loaded.set()
     except Exception:  # noqa: BLE001 - only an optimisation; a real call reports any error itself
         pass
+
+
+def is_warm() -> bool:
+    """Whether this process has the kernels loaded (a warm-up finished): calling them costs
+    nothing more, so even small tensors may take them."""
+    return _loaded.is_set()
