@@ -1,4 +1,5 @@
-"""``fusion-ui demo build``: (re)build the built-in demo family, offline and seeded."""
+"""``fusion-ui demo build``: (re)build the built-in demo family, offline and seeded;
+``fusion-ui demo build-calm``: the CALM demo (``fusion_ui/assets/demo/calm``)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     examples.add_argument("--n", type=int, default=5, help="examples per skill (default 5, as in the paper)")
     examples.add_argument("--seed", type=int, default=None, help="root seed (default: the preset's, 0)")
     examples.set_defaults(func=run_examples)
+    calm = actions.add_parser(
+        "build-calm",
+        help="train the CALM demo (key-value arithmetic: m_A knows keys, m_B arithmetic, bridges join them)",
+    )
+    calm.add_argument("--out", type=Path, default=None,
+                      help="output folder (default: the shipped fusion_ui/assets/demo/calm)")
+    calm.add_argument("--size", choices=("tiny", "full"), default="full",
+                      help="preset: tiny checks the pipeline in seconds")
+    calm.add_argument("--seed", type=int, default=None, help="root seed (default 0)")
+    calm.add_argument("--no-eval", action="store_true", help="skip scoring the table at the end")
+    calm.add_argument("--bridges-only", action="store_true",
+                      help="keep the models of an earlier build in --out and train only the bridges again")
+    calm.add_argument("--ablations", action="store_true",
+                      help="after the build, train the ablations too (random m_A, LoRA on m_B; a few minutes more)")
+    calm.add_argument("--overwrite", action="store_true", help="replace an existing CALM demo in --out")
+    calm.set_defaults(func=run_build_calm)
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -99,4 +116,35 @@ def run_examples(args: argparse.Namespace) -> int:
     out = args.out if args.out is not None else DEMO_DIR / "cocktail"
     for skill, path in write_cocktail_examples(cfg, out, args.n).items():
         print(f"{skill:>8}: {path}")
+    return 0
+
+
+def run_build_calm(args: argparse.Namespace) -> int:
+    from fusion_ui.demo import DEMO_DIR
+    from fusion_ui.demo.calm_build import PAPER_TABLE, build_calm_demo, format_table, preset
+
+    cfg = preset(args.size) if args.seed is None else preset(args.size, seed=args.seed)
+    out = args.out if args.out is not None else DEMO_DIR / "calm"
+    models = 0 if args.bridges_only else cfg.augment_train.steps + cfg.anchor_train.steps
+    with tqdm(total=models + cfg.bridges_train.steps, unit="step", desc="augment") as bar:
+
+        def progress(stage: str, _done: int, _total: int) -> None:
+            bar.set_description(stage)
+            bar.update(1)
+
+        report = build_calm_demo(
+            out, cfg, overwrite=args.overwrite, progress=progress, evaluate=not args.no_eval,
+            bridges_only=args.bridges_only,
+        )
+    for stage, secs in report.seconds.items():
+        loss = report.final_loss.get(stage)
+        print(f"{stage:>10}: {secs:.0f} s" + (f", final loss {loss:.4f}" if loss is not None else ""))
+    if report.table:
+        print(format_table(report.table, PAPER_TABLE))
+    if args.ablations:
+        from fusion_ui.demo.calm_build import build_ablations
+
+        for name, entry in build_ablations(out, cfg, evaluate=not args.no_eval).items():
+            print(f"{name}: {entry}")
+    print(f"written to {out}")
     return 0
