@@ -10,6 +10,7 @@ handles. Each tab's module in ``fusion_ui.ui`` talks to its own facade:
     engine.merges   Merge tab    (fusion_ui.app.merges)    preview merges, the DARE preview
     engine.cocktail Cocktail tab (fusion_ui.app.cocktail)  LM-Cocktail's weights from a few examples
     engine.sweeps   Sweep tab    (fusion_ui.app.sweeps)    a grid of merges around the recipe, scored
+    engine.compose  Compose tab  (fusion_ui.app.compose)   CALM: two frozen models and their bridges
     engine.compare  Compare tab  (fusion_ui.app.compare)   side-by-side generation, scoring
     engine.exports  Export tab   (fusion_ui.app.exports)   exports under the root, history
 
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 
 from fusion_ui.app.cocktail import CocktailFacade
 from fusion_ui.app.compare import CompareFacade
+from fusion_ui.app.compose import ComposeFacade
 from fusion_ui.app.context import LIVE_LIMIT_BYTES, AppContext
 from fusion_ui.app.deltas import DEFAULT_HEATMAP_METRIC, DeltasFacade
 from fusion_ui.app.exports import ExportFacade
@@ -56,6 +58,7 @@ class Engine:
         self.merges = MergeFacade(self.context, self.deltas)
         self.cocktail = CocktailFacade(self.context)
         self.sweeps = SweepFacade(self.context)
+        self.compose = ComposeFacade(self.context)
         self.compare = CompareFacade(self.context)
         self.exports = ExportFacade(self.context)
 

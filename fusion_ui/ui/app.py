@@ -19,7 +19,7 @@ import plotly.graph_objects as go  # noqa: E402
 from fusion_ui import __version__  # noqa: E402
 from fusion_ui.app import Engine, MergeRef, make_selection, parse_recipe  # noqa: E402
 from fusion_ui.errors import FusionError  # noqa: E402
-from fusion_ui.ui import api, cocktail, compare, deltas, export, merge, models, sweep  # noqa: E402
+from fusion_ui.ui import api, cocktail, compare, compose, deltas, export, merge, models, sweep  # noqa: E402
 from fusion_ui.ui.login import LoginThrottle  # noqa: E402
 from fusion_ui.ui.shared import JOB_EVENT, QUICK, Shared, session_of, user_errors  # noqa: E402
 from fusion_ui.ui.theme import RESTORE_THEME_JS, TOGGLE_DARK_JS, css, fusion_theme, logo_svg  # noqa: E402
@@ -60,6 +60,8 @@ def build_app(engine: Engine) -> gr.Blocks:
                 compare_tab = compare.build(shared)
             with gr.Tab("7 · Export", id="export", elem_id="tab-export"):
                 export_tab = export.build(shared, merge_tab)
+            with gr.Tab("8 · Compose", id="compose", elem_id="tab-compose"):
+                compose.build(shared)
         gr.HTML(f'<div id="app-footer">fusion_ui {__version__} · runs locally; models never leave this '
                 "machine · <code>python app.py --help</code></div>")
         # An empty, unseen plot on the first page: the browser loads and compiles plotly.js while

@@ -1,0 +1,116 @@
+"""Compose tab: CALM, two frozen models composed through trained bridges, beside each alone.
+
+The CALM demo pair is preselected (an augmenting m_A that knows string keys, an anchor m_B that
+does arithmetic, bridges trained on 20 % of the keys); any anchor, augmenting model and bridges
+folder written by ``fusion-ui compose train`` work too. **Score** runs m_A, m_B and CALM on the
+demo's held-out sets; **Generate** answers one prompt with each. Training bridges:
+``fusion-ui compose train`` (the app's training panel is still to come).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from fusion_ui.app.compose import DEFAULT_ITEMS, ROLES, Composition
+from fusion_ui.runtime import JobState
+from fusion_ui.ui.shared import (
+    JOB_EVENT,
+    Shared,
+    failed_line,
+    follow,
+    message_of,
+    running_line,
+    session_of,
+    stop_line,
+    stopped_line,
+    user_errors,
+)
+
+
+def build(shared: Shared) -> None:
+    facade = shared.engine.compose
+    pair = facade.demo_pair() or Composition("", "", "")
+    tasks = list(facade.eval_sets())
+    gr.Markdown(
+        "**CALM** (Bansal et al. 2024, arXiv 2401.02412) composes two frozen models: small trained bridges let the "
+        "anchor m_B read the augmenting model m_A's hidden states. The demo pair: m_A knows what string keys stand "
+        "for, m_B does arithmetic and never saw a key; the bridges were trained on 20 % of the keys, and the sets "
+        "below use the other 80 %. Train your own bridges with `fusion-ui compose train`.", elem_classes="tab-intro")
+    with gr.Row():
+        anchor = gr.Textbox(pair.anchor, label="anchor m_B", elem_id="compose-anchor", scale=2)
+        augment = gr.Textbox(pair.augment, label="augmenting model m_A", elem_id="compose-augment", scale=2)
+        bridges = gr.Textbox(pair.bridges, label="bridges folder", elem_id="compose-bridges", scale=2)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            chosen = gr.CheckboxGroup(tasks, value=tasks, label="Score on (the CALM demo's held-out sets)",
+                                      elem_id="compose-tasks")
+            items = gr.Number(DEFAULT_ITEMS, precision=0, minimum=1, label="items per set", elem_id="compose-items")
+        with gr.Column(scale=2):
+            with gr.Row():
+                score = gr.Button("Score m_A, m_B and CALM", variant="primary", elem_id="compose-score", scale=3)
+                stop = gr.Button("Stop", variant="stop", elem_id="compose-stop", scale=1)
+            status = gr.Markdown("", elem_id="compose-status", elem_classes="status")
+    chart = gr.Plot(show_label=False, elem_id="compose-chart")
+    table = gr.Dataframe(pd.DataFrame(), interactive=False, label="Exact match (%)", elem_id="compose-table")
+    with gr.Row():
+        prompt = gr.Textbox("hpg + amy =", label="prompt", elem_id="compose-prompt", scale=3)
+        generate = gr.Button("Generate with each", elem_id="compose-generate", scale=1)
+    with gr.Row():
+        outputs = [gr.Textbox("", label=role, interactive=False, elem_id=f"compose-out-{role}") for role in ROLES]
+
+    def follow_job(job: Any, what: str, done: Any) -> Iterator[dict[Any, Any]]:
+        for view in follow(job):
+            if not view.state.final:
+                yield {status: running_line(view, what)}
+            elif view.state is JobState.FINISHED:
+                yield done(job.result, view)
+            elif view.state is JobState.CANCELLED:
+                yield {status: stopped_line(view, what)}
+            else:
+                yield {status: failed_line(message_of(view.error))}
+                raise gr.Error(message_of(view.error), title="Cannot do that yet")
+
+    @user_errors
+    def run_scores(a: str, m: str, b: str, picked: list[str], n: float, request: gr.Request) -> Iterator[dict[Any, Any]]:
+        try:
+            job = facade.start_scores(session_of(request), Composition(a, m, b), picked or [],
+                                      items=int(n or DEFAULT_ITEMS))
+        except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
+            yield {status: failed_line(message_of(exc))}
+            raise
+
+        def done(scores: pd.DataFrame, view: Any) -> dict[Any, Any]:
+            return {status: f'<span class="ok-dot"></span> Scored m_A, m_B and CALM in {view.seconds:.1f} s.',
+                    chart: facade.chart(scores), table: facade.table(scores)}
+
+        yield from follow_job(job, "scoring", done)
+
+    @user_errors
+    def run_generation(a: str, m: str, b: str, text: str, request: gr.Request) -> Iterator[dict[Any, Any]]:
+        try:
+            job = facade.start_generation(session_of(request), Composition(a, m, b), text)
+        except Exception as exc:  # noqa: BLE001
+            yield {status: failed_line(message_of(exc))}
+            raise
+
+        def done(answers: dict[str, str], view: Any) -> dict[Any, Any]:
+            out: dict[Any, Any] = {box: answers[role] for box, role in zip(outputs, ROLES, strict=True)}
+            return out | {status: f'<span class="ok-dot"></span> Generated with each in {view.seconds:.1f} s.'}
+
+        yield from follow_job(job, "generating", done)
+
+    def stop_work(request: gr.Request) -> str:
+        session = session_of(request)
+        return stop_line(shared.engine.stop(session), shared.engine.last_job(session))
+
+    scoring = score.click(run_scores, [anchor, augment, bridges, chosen, items], [status, chart, table],
+                          api_name="compose_scores", **JOB_EVENT)
+    generating = generate.click(run_generation, [anchor, augment, bridges, prompt], [status, *outputs],
+                                api_name="compose_generate", **JOB_EVENT)
+    prompt.submit(run_generation, [anchor, augment, bridges, prompt], [status, *outputs],
+                  api_name="compose_generate_enter", **JOB_EVENT)
+    stop.click(stop_work, None, status, api_name="stop_compose", queue=False, cancels=[scoring, generating])
