@@ -12,6 +12,7 @@ from calm_models import anchor_model, augment_model
 from factory import save
 
 import fusion_ui.cli.compose as compose_cli
+import fusion_ui.cli.training as training_cli
 from fusion_ui.cli import main
 from fusion_ui.cli.exporting import ProgressBar
 
@@ -182,9 +183,9 @@ def test_the_command_line_defaults_are_the_engine_defaults() -> None:
     from fusion_ui.train import TrainConfig
 
     c = TrainConfig()
-    assert (compose_cli.DEFAULT_STEPS, compose_cli.DEFAULT_BATCH, compose_cli.DEFAULT_LR) == (
+    assert (training_cli.DEFAULT_STEPS, training_cli.DEFAULT_BATCH, compose_cli.DEFAULT_LR) == (
         c.steps, c.batch_size, c.lr)  # fmt: skip
-    assert (compose_cli.DEFAULT_WARMUP, compose_cli.DEFAULT_EVERY) == (
+    assert (training_cli.DEFAULT_WARMUP, compose_cli.DEFAULT_EVERY) == (
         c.warmup_steps,
         DEFAULT_EVERY,
     )

@@ -12,6 +12,7 @@ from calm_models import anchor_model, augment_model
 from factory import save
 
 import fusion_ui.cli.frozen as frozen_cli
+import fusion_ui.cli.training as training_cli
 from fusion_ui.cli import main
 from fusion_ui.cli.exporting import ProgressBar
 
@@ -125,7 +126,7 @@ def test_the_command_line_defaults_are_the_engine_defaults() -> None:
     from fusion_ui.frozen.train import DEFAULT_CONFIG
 
     c = DEFAULT_CONFIG
-    assert (frozen_cli.DEFAULT_STEPS, frozen_cli.DEFAULT_BATCH, frozen_cli.DEFAULT_LR, frozen_cli.DEFAULT_WARMUP) == (
+    assert (training_cli.DEFAULT_STEPS, training_cli.DEFAULT_BATCH, frozen_cli.DEFAULT_LR, training_cli.DEFAULT_WARMUP) == (
         c.steps, c.batch_size, c.lr, c.warmup_steps)  # fmt: skip
     assert (frozen_cli.DEFAULT_LENGTH, frozen_cli.DEFAULT_ENCODER_PROMPT, frozen_cli.KINDS) == (
         prompts.DEFAULT_LENGTH, prompts.DEFAULT_ENCODER_PROMPT, prompts.KINDS)  # fmt: skip

@@ -13,13 +13,11 @@ import argparse
 import sys
 
 from fusion_ui.cli.exporting import ProgressBar, stop_on_signals
+from fusion_ui.cli.training import add_train_options, train_config
 from fusion_ui.errors import CancelledError
 
-# Defaults of fusion_ui.train.TrainConfig and fusion_ui.compose.bridges (not imported: torch)
-DEFAULT_STEPS = 200
-DEFAULT_BATCH = 8
+# Defaults of the engine (not imported: torch); the others are fusion_ui.cli.training's
 DEFAULT_LR = 1e-3
-DEFAULT_WARMUP = 10
 DEFAULT_EVERY = 4
 
 
@@ -68,40 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--heads", type=int, default=None, help="cross-attention heads (default: the anchor's)"
     )
-    t.add_argument(
-        "--steps",
-        type=int,
-        default=DEFAULT_STEPS,
-        help=f"optimizer steps (default {DEFAULT_STEPS})",
-    )
-    t.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_BATCH,
-        help=f"rows per step (default {DEFAULT_BATCH})",
-    )
-    t.add_argument(
-        "--lr", type=float, default=DEFAULT_LR, help=f"peak learning rate (default {DEFAULT_LR:g})"
-    )
-    t.add_argument(
-        "--warmup",
-        type=int,
-        default=DEFAULT_WARMUP,
-        help=f"warm-up steps (default {DEFAULT_WARMUP})",
-    )
-    t.add_argument(
-        "--max-grad-norm", type=float, default=1.0, help="gradient clipping (default 1.0)"
-    )
-    t.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seeds the bridges' init and the batch order (default 0)",
-    )
-    t.add_argument(
-        "--max-length", type=int, default=None, help="cut rows longer than this many tokens"
-    )
-    t.add_argument("--force", action="store_true", help="replace --out if it holds earlier bridges")
+    add_train_options(t, lr=DEFAULT_LR, seeds="the bridges' init", replaces="earlier bridges")
     t.set_defaults(func=run_train)
 
     e = verbs.add_parser("eval", help="score the composition (and the anchor alone) on an eval set")
@@ -147,18 +112,10 @@ def _add_bridges(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from fusion_ui.compose import parse_pairs, train_composition
     from fusion_ui.evals import load_eval_set
-    from fusion_ui.train import TrainConfig
 
     items = load_eval_set(args.data)
     pairs = parse_pairs(args.pairs) if args.pairs else None
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        max_grad_norm=args.max_grad_norm,
-        seed=args.seed,
-    )
+    config = train_config(args)
     with stop_on_signals() as stop:
         bar = ProgressBar("step", "training bridges")
         try:

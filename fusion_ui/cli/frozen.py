@@ -15,13 +15,11 @@ import argparse
 import sys
 
 from fusion_ui.cli.exporting import ProgressBar, stop_on_signals
+from fusion_ui.cli.training import add_train_options, train_config
 from fusion_ui.errors import CancelledError
 
-# Defaults of fusion_ui.frozen.train.DEFAULT_CONFIG and fusion_ui.frozen.prompts (not imported: torch)
-DEFAULT_STEPS = 200
-DEFAULT_BATCH = 8
+# Defaults of fusion_ui.frozen.train.DEFAULT_CONFIG's lr and fusion_ui.frozen.prompts (not imported: torch)
 DEFAULT_LR = 1e-2
-DEFAULT_WARMUP = 10
 DEFAULT_LENGTH = 8
 DEFAULT_ENCODER_PROMPT = 4
 KINDS = ("idpt", "prompt")
@@ -74,42 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--heads", type=int, default=None, help="idpt: cross-attention heads (default: the LM's)"
     )
-    t.add_argument(
-        "--steps",
-        type=int,
-        default=DEFAULT_STEPS,
-        help=f"optimizer steps (default {DEFAULT_STEPS})",
-    )
-    t.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_BATCH,
-        help=f"rows per step (default {DEFAULT_BATCH})",
-    )
-    t.add_argument(
-        "--lr", type=float, default=DEFAULT_LR, help=f"peak learning rate (default {DEFAULT_LR:g})"
-    )
-    t.add_argument(
-        "--warmup",
-        type=int,
-        default=DEFAULT_WARMUP,
-        help=f"warm-up steps (default {DEFAULT_WARMUP})",
-    )
-    t.add_argument(
-        "--max-grad-norm", type=float, default=1.0, help="gradient clipping (default 1.0)"
-    )
-    t.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seeds the prompt's init and the batch order (default 0)",
-    )
-    t.add_argument(
-        "--max-length", type=int, default=None, help="cut rows longer than this many tokens"
-    )
-    t.add_argument(
-        "--force", action="store_true", help="replace --out if it holds an earlier prompt"
-    )
+    add_train_options(t, lr=DEFAULT_LR, seeds="the prompt's init", replaces="an earlier prompt")
     t.set_defaults(func=run_train)
 
     e = verbs.add_parser("eval", help="score the prompted LM (and the LM alone) on an eval set")
@@ -156,17 +119,9 @@ def _add_prompt(p: argparse.ArgumentParser) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from fusion_ui.evals import load_eval_sets
     from fusion_ui.frozen import train_frozen
-    from fusion_ui.train import TrainConfig
 
     items = load_eval_sets(args.data)
-    config = TrainConfig(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup_steps=args.warmup,
-        max_grad_norm=args.max_grad_norm,
-        seed=args.seed,
-    )
+    config = train_config(args)
     with stop_on_signals() as stop:
         bar = ProgressBar("step", f"training {args.kind}")
         try:
