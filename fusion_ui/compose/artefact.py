@@ -21,13 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fusion_ui.compose.bridges import BridgeConfig, Bridges
@@ -38,9 +37,9 @@ from fusion_ui.compose.calm import (
     decoder_blocks,
     hidden_size,
 )
-from fusion_ui.errors import ExportError, IncompatibleModelsError, ModelSourceError
+from fusion_ui.errors import IncompatibleModelsError, ModelSourceError
 from fusion_ui.io.source import ModelSource, resolve_model
-from fusion_ui.io.staging import TMP, move_into_place, remove_dead, working_folder
+from fusion_ui.io.staging import check_artefact_target, write_artefact
 
 FORMAT = "fusion_ui/calm-bridges"
 VERSION = 1
@@ -153,7 +152,7 @@ def save_bridges(
     An existing ``folder`` is refused unless ``force`` and it is earlier bridges (or empty).
     """
     target = Path(folder).expanduser().absolute()
-    _check_target(target, force=force)
+    check_artefact_target(target, force=force, marker=CONFIG_FILE, kind="bridges")
     info = {
         "format": FORMAT,
         "version": VERSION,
@@ -167,45 +166,8 @@ def save_bridges(
     tensors = {
         k: v.detach().to("cpu").contiguous() for k, v in model.bridges.items.state_dict().items()
     }
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_dead(target)
-        tmp = working_folder(target, TMP)
-        tmp.mkdir()
-    except OSError as exc:
-        raise ExportError(f"cannot write the bridges to {target}: {exc.strerror or exc}") from exc
-    try:
-        save_file(tensors, tmp / TENSORS_FILE, metadata={"format": FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        move_into_place(tmp, target, recheck=lambda t: _check_target(t, force=force))
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"cannot write the bridges to {target}: {exc.strerror or exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _check_target(target: Path, *, force: bool) -> None:
-    if not (target.exists() or target.is_symlink()):
-        return
-    if not target.is_dir():
-        raise ExportError(f"{target} exists and is not a folder; choose another output folder")
-    earlier = (target / CONFIG_FILE).is_file() or not any(target.iterdir())
-    if not force:
-        raise ExportError(
-            f"{target} already exists",
-            fixes={
-                "cli": "pass --force to replace it, or choose another --out",
-                "python": "pass force=True to replace it, or choose another folder",
-                "app": "tick 'replace' or choose another folder",
-            },
-        )
-    if not earlier:
-        raise ExportError(
-            f"{target} is not a bridges folder (no {CONFIG_FILE}); it is never replaced, choose another folder"
-        )
+    return write_artefact(target, tensors, info, force=force, tensors_file=TENSORS_FILE,
+                          config_file=CONFIG_FILE, format=FORMAT, kind="bridges")
 
 
 def read_bridges_info(folder: str | os.PathLike[str]) -> BridgesInfo:

@@ -19,22 +19,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fusion_ui.compose.artefact import ModelIdentity, identify, same_model, tokenizer_fingerprint
 from fusion_ui.compose.calm import check_same_tokenizer, check_vocab_fits, hidden_size
-from fusion_ui.errors import ExportError, IncompatibleModelsError, ModelSourceError, RecipeError
+from fusion_ui.errors import IncompatibleModelsError, ModelSourceError, RecipeError
 from fusion_ui.frozen.model import PromptedLM
 from fusion_ui.frozen.prompts import FixedPrompt, PromptConfig, PromptGenerator
 from fusion_ui.io.source import ModelSource, resolve_model
-from fusion_ui.io.staging import TMP, move_into_place, remove_dead, working_folder
+from fusion_ui.io.staging import check_artefact_target, write_artefact
 
 FORMAT = "fusion_ui/frozen-prompt"
 VERSION = 1
@@ -73,7 +72,7 @@ def save_prompt(
     An existing ``folder`` is refused unless ``force`` and it is an earlier prompt (or empty).
     """
     target = Path(folder).expanduser().absolute()
-    _check_target(target, force=force)
+    check_artefact_target(target, force=force, marker=CONFIG_FILE, kind="prompt")
     encoder = model.encoder
     encoder_is_lm = encoder is model.lm
     info = {
@@ -90,44 +89,8 @@ def save_prompt(
         "training": training or {},
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.prompt.state_dict().items()}
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        remove_dead(target)
-        tmp = working_folder(target, TMP)
-        tmp.mkdir()
-    except OSError as exc:
-        raise ExportError(f"cannot write the prompt to {target}: {exc.strerror or exc}") from exc
-    try:
-        save_file(tensors, tmp / TENSORS_FILE, metadata={"format": FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        move_into_place(tmp, target, recheck=lambda t: _check_target(t, force=force))
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"cannot write the prompt to {target}: {exc.strerror or exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _check_target(target: Path, *, force: bool) -> None:
-    if not (target.exists() or target.is_symlink()):
-        return
-    if not target.is_dir():
-        raise ExportError(f"{target} exists and is not a folder; choose another output folder")
-    if not force:
-        raise ExportError(
-            f"{target} already exists",
-            fixes={
-                "cli": "pass --force to replace it, or choose another --out",
-                "python": "pass force=True to replace it, or choose another folder",
-                "app": "tick 'replace' or choose another folder",
-            },
-        )
-    if not ((target / CONFIG_FILE).is_file() or not any(target.iterdir())):
-        raise ExportError(
-            f"{target} is not a prompt folder (no {CONFIG_FILE}); it is never replaced, choose another folder"
-        )
+    return write_artefact(target, tensors, info, force=force, tensors_file=TENSORS_FILE,
+                          config_file=CONFIG_FILE, format=FORMAT, kind="prompt")
 
 
 def read_prompt_info(folder: str | os.PathLike[str]) -> PromptInfo:

@@ -82,6 +82,65 @@ def move_into_place(tmp: Path, target: Path, *, recheck: Callable[[Path], None])
         shutil.rmtree(old, ignore_errors=True)
 
 
+def check_artefact_target(target: Path, *, force: bool, marker: str, kind: str) -> None:
+    """What a trained artefact's folder (``kind``: "bridges", "prompt") may be written over:
+    nothing, or with ``force`` an earlier one (it holds ``marker``) or an empty folder."""
+    from fusion_ui.errors import ExportError
+
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not target.is_dir():
+        raise ExportError(f"{target} exists and is not a folder; choose another output folder")
+    if not force:
+        raise ExportError(
+            f"{target} already exists",
+            fixes={
+                "cli": "pass --force to replace it, or choose another --out",
+                "python": "pass force=True to replace it, or choose another folder",
+                "app": "tick 'replace' or choose another folder",
+            },
+        )
+    if not ((target / marker).is_file() or not any(target.iterdir())):
+        raise ExportError(
+            f"{target} is not a {kind} folder (no {marker}); it is never replaced, choose another folder"
+        )
+
+
+def write_artefact(target: Path, tensors: dict, info: dict, *, force: bool, tensors_file: str, config_file: str,
+                   format: str, kind: str) -> Path:
+    """A trained artefact (``tensors_file`` safetensors + ``config_file`` JSON) written into a
+    working folder beside ``target``, then moved into place (:func:`move_into_place`): on any
+    failure nothing is left, and an earlier artefact stays as it was."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from fusion_ui.errors import ExportError
+
+    def recheck(t: Path) -> None:
+        check_artefact_target(t, force=force, marker=config_file, kind=kind)
+
+    recheck(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead(target)
+        tmp = working_folder(target, TMP)
+        tmp.mkdir()
+    except OSError as exc:
+        raise ExportError(f"cannot write the {kind} to {target}: {exc.strerror or exc}") from exc
+    try:
+        save_file(tensors, tmp / tensors_file, metadata={"format": format})
+        (tmp / config_file).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        move_into_place(tmp, target, recheck=recheck)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"cannot write the {kind} to {target}: {exc.strerror or exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
 def leftovers(target: Path) -> list[Leftover]:
     """Working folders beside ``target`` (of any process), with what is known of their owners."""
     pattern = re.compile(
