@@ -22,7 +22,7 @@ from fusion_ui.compose.calm import CalmModel, compose
 from fusion_ui.device import resolve_device
 from fusion_ui.errors import RecipeError
 from fusion_ui.evals.generate import pad_id_of
-from fusion_ui.evals.perplexity import encode_scored
+from fusion_ui.evals.perplexity import encode_items
 from fusion_ui.evals.sets import EvalItem
 from fusion_ui.progress import CancelToken, ProgressCallback
 from fusion_ui.train.lm_loss import answer_loss, collate_scored
@@ -55,10 +55,7 @@ def train_bridges(
     config = config or TrainConfig()
     if max_length is None:
         max_length = model.context_length
-    pairs = [
-        encode_scored(tokenizer, it.prompt, it.answer, with_eos=True, max_length=max_length)
-        for it in items
-    ]
+    pairs = encode_items(tokenizer, items, with_eos=True, max_length=max_length)
     pad = pad_id_of(tokenizer)
     dev = model.device
 

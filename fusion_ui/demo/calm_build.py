@@ -43,7 +43,7 @@ from fusion_ui.demo.calm_tasks import (
 from fusion_ui.demo.model import ModelSize, new_model
 from fusion_ui.errors import ExportError, RecipeError
 from fusion_ui.evals.generate import greedy_generate, pad_id_of
-from fusion_ui.evals.perplexity import encode_scored
+from fusion_ui.evals.perplexity import encode_items
 from fusion_ui.evals.scoring import exact_match
 from fusion_ui.evals.sets import EvalItem
 from fusion_ui.train.lm_loss import answer_loss, collate_scored
@@ -130,7 +130,7 @@ def pretrain(
     on_step: Callable[[int, int], None] | None = None,
 ) -> list[float]:
     """Answer-only LM training of a whole model on ``items`` with the one training loop."""
-    pairs = [encode_scored(tokenizer, it.prompt, it.answer, with_eos=True) for it in items]
+    pairs = encode_items(tokenizer, items, with_eos=True)
     pad = pad_id_of(tokenizer)
 
     def loss_of(indices: Sequence[int]) -> torch.Tensor:
@@ -557,7 +557,7 @@ def build_ablations(
             lora = _shipped(load_causal_lm(str(out_dir / "anchor"), device="cpu")[0], "anchor")
             rank = lora_rank_for(lora, n_bridge)
             params = add_lora(lora, rank, seed=cfg.seed)
-            pairs = [encode_scored(tokenizer, it.prompt, it.answer, with_eos=True) for it in train_items]
+            pairs = encode_items(tokenizer, train_items, with_eos=True)
             pad = pad_id_of(tokenizer)
 
             def loss_of(indices: Sequence[int]) -> torch.Tensor:

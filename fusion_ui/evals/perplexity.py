@@ -93,6 +93,17 @@ def encode_scored(
     )
 
 
+def encode_items(
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[EvalItem],
+    *,
+    with_eos: bool = False,
+    max_length: int | None = None,
+) -> list[ScoredPair]:
+    """:func:`encode_scored` of every item."""
+    return [encode_scored(tokenizer, it.prompt, it.answer, with_eos=with_eos, max_length=max_length) for it in items]
+
+
 @torch.no_grad()
 def score_pairs(
     model: nn.Module,
@@ -152,7 +163,7 @@ def answer_nll(
 ) -> list[tuple[float, int]]:
     """Per item: summed negative log-likelihood (nats) of the answer tokens, and their count
     (``with_eos``: EOS counted too; ``max_length``: cut as :func:`encode_scored` says)."""
-    pairs = [encode_scored(tokenizer, it.prompt, it.answer, with_eos=with_eos, max_length=max_length) for it in items]
+    pairs = encode_items(tokenizer, items, with_eos=with_eos, max_length=max_length)
     return score_pairs(
         model, pairs, pad_id=pad_id_of(tokenizer), batch_size=batch_size, device=device, on_batch=on_batch
     )

@@ -23,7 +23,7 @@ from fusion_ui.compose.train import items_sha256
 from fusion_ui.device import resolve_device
 from fusion_ui.errors import RecipeError
 from fusion_ui.evals.generate import pad_id_of
-from fusion_ui.evals.perplexity import ScoredPair, encode_scored
+from fusion_ui.evals.perplexity import ScoredPair, encode_items
 from fusion_ui.evals.sets import EvalItem
 from fusion_ui.frozen.artefact import load_lm_and_encoder, save_prompt
 from fusion_ui.frozen.model import PromptedLM, prompt_model
@@ -48,19 +48,6 @@ def scored_logits(
     p = model.soft_prompt(ids, prompt_only)  # (B, k, d)
     logits = model(input_ids=ids, attention_mask=mask, prompt_embeds=p).logits  # (B, T, V)
     return logits, ids, scored
-
-
-def encode_items(
-    tokenizer: PreTrainedTokenizerBase,
-    items: Sequence[EvalItem],
-    *,
-    max_length: int | None,
-    with_eos: bool,
-) -> list[ScoredPair]:
-    return [
-        encode_scored(tokenizer, it.prompt, it.answer, with_eos=with_eos, max_length=max_length)
-        for it in items
-    ]
 
 
 def train_prompt(

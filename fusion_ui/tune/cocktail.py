@@ -190,7 +190,7 @@ def cocktail_weights(
 
     from fusion_ui.device import resolve_device
     from fusion_ui.evals.generate import pad_id_of
-    from fusion_ui.evals.perplexity import encode_scored, score_pairs
+    from fusion_ui.evals.perplexity import encode_items, score_pairs
     from fusion_ui.evals.run import load_causal_lm
 
     refs = [str(c) for c in candidates]
@@ -212,7 +212,7 @@ def cocktail_weights(
     max_length, ctx_owner = min(known) if known else (None, None)
     tokenizers = [_tokenizer(ref, label, path) for ref, label, path in zip(refs, labels, paths, strict=True)]
     first = tokenizers[0]
-    pairs = [encode_scored(first, it.prompt, it.answer, with_eos=True, max_length=max_length) for it in items]
+    pairs = encode_items(first, items, with_eos=True, max_length=max_length)
     for k in range(1, len(refs)):
         _check_same_tokenizer(first, tokenizers[k], items, pairs, max_length, refs, labels, k)
     warnings = _encoding_warnings(first, pairs, max_length, None if ctx_owner is None else labels[ctx_owner])
