@@ -18,20 +18,17 @@ import gradio as gr
 import pandas as pd
 
 from fusion_ui.app.cocktail import ARROW, DEFAULT_TEMPERATURE
-from fusion_ui.runtime import JobState
 from fusion_ui.ui.merge import MergeTab
 from fusion_ui.ui.shared import (
     JOB_EVENT,
     QUICK,
     Shared,
     failed_line,
-    follow,
+    follow_into,
     message_of,
     require_selection,
-    running_line,
     session_of,
-    stop_line,
-    stopped_line,
+    stop_handler,
     user_errors,
 )
 
@@ -119,19 +116,12 @@ def build(shared: Shared, merge: MergeTab) -> CocktailTab:
         except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
             yield {status: failed_line(message_of(exc))}
             raise
-        for view in follow(job):
-            if not view.state.final:
-                yield {status: running_line(view, "scoring the candidates")}
-            elif view.state is JobState.FINISHED:
-                r = job.result
-                warn = "".join(f"\n- ⚠ {w}" for w in r.warnings[:4])
-                yield {status: f'<span class="ok-dot"></span> Losses of {len(r.candidates)} candidates on '
-                               f"{r.n_examples} examples in {view.seconds:.1f} s.{warn}", **shown(r)}
-            elif view.state is JobState.CANCELLED:
-                yield {status: stopped_line(view, "scoring")}
-            else:
-                yield {status: failed_line(message_of(view.error))}
-                raise gr.Error(message_of(view.error), title="Cannot do that yet")
+        def done(r: Any, view: Any) -> dict[Any, Any]:
+            warn = "".join(f"\n- ⚠ {w}" for w in r.warnings[:4])
+            return {status: f'<span class="ok-dot"></span> Losses of {len(r.candidates)} candidates on '
+                            f"{r.n_examples} examples in {view.seconds:.1f} s.{warn}", **shown(r)}
+
+        yield from follow_into(job, status, "scoring the candidates", done, noun="scoring")
 
     @user_errors
     def reweight(r: Any, t: float, base_floor: float) -> dict[Any, Any]:
@@ -152,27 +142,18 @@ def build(shared: Shared, merge: MergeTab) -> CocktailTab:
         except Exception as exc:  # noqa: BLE001
             yield {status: failed_line(message_of(exc))}
             raise
-        for view in follow(job):
-            if not view.state.final:
-                yield {status: running_line(view, "merging")}
-            elif view.state is JobState.FINISHED:
-                done = job.result
-                # The Merge tab holds the recipe as written (with where its weights came from):
-                # Export writes it, and Compare shows the merge.
-                yield {status: f'<span class="ok-dot"></span> **Merged** the cocktail ({done.tensors} tensors in '
-                               f"{done.seconds:.1f} s): the **Compare** tab has its column, **Export** writes it.",
-                       shared.merged: done.merged, merge.recipe: recipe.to_yaml(), merge.as_written: True,
-                       merge.status: '<span class="ok-dot"></span> The LM-Cocktail merge (from the Cocktail tab) is '
-                                     "in memory; its recipe is below under Advanced, merged as written."}
-            elif view.state is JobState.CANCELLED:
-                yield {status: stopped_line(view, "merge")}
-            else:
-                yield {status: failed_line(message_of(view.error))}
-                raise gr.Error(message_of(view.error), title="Cannot do that yet")
+        def done(merged: Any, view: Any) -> dict[Any, Any]:
+            # The Merge tab holds the recipe as written (with where its weights came from):
+            # Export writes it, and Compare shows the merge.
+            return {status: f'<span class="ok-dot"></span> **Merged** the cocktail ({merged.tensors} tensors in '
+                            f"{merged.seconds:.1f} s): the **Compare** tab has its column, **Export** writes it.",
+                    shared.merged: merged.merged, merge.recipe: recipe.to_yaml(), merge.as_written: True,
+                    merge.status: '<span class="ok-dot"></span> The LM-Cocktail merge (from the Cocktail tab) is '
+                                  "in memory; its recipe is below under Advanced, merged as written."}
 
-    def stop_work(request: gr.Request) -> str:
-        session = session_of(request)
-        return stop_line(shared.engine.stop(session), shared.engine.last_job(session))
+        yield from follow_into(job, status, "merging", done, noun="merge")
+
+    stop_work = stop_handler(shared.engine)
 
     hidden: dict[str, Any] = {"api_visibility": "undocumented"}
     computing = compute.click(run, [shared.selection, candidates, demo, typed, upload, temperature, floor],

@@ -29,7 +29,7 @@ from fusion_ui.ui.shared import (
     require_selection,
     running_line,
     session_of,
-    stop_line,
+    stop_handler,
     stopped_line,
     user_errors,
 )
@@ -163,9 +163,7 @@ def build(shared: Shared) -> CompareTab:
                 yield {status: failed_line(message_of(view.error))}
                 raise gr.Error(message_of(view.error), title="Cannot do that yet")
 
-    def stop_work(request: gr.Request) -> str:
-        session = session_of(request)
-        return stop_line(engine.stop(session), engine.last_job(session))
+    stop_work = stop_handler(engine)
 
     gen_inputs = [prompt, max_tokens, greedy, temperature, sample_seed, stop_nl, shared.selection, shared.merged]
     preset.input(lambda p: p, preset, prompt, api_name="use_example", queue=False)

@@ -16,17 +16,14 @@ import gradio as gr
 import pandas as pd
 
 from fusion_ui.app.compose import DEFAULT_ITEMS, ROLES, Composition
-from fusion_ui.runtime import JobState
 from fusion_ui.ui.shared import (
     JOB_EVENT,
     Shared,
     failed_line,
-    follow,
+    follow_into,
     message_of,
-    running_line,
     session_of,
-    stop_line,
-    stopped_line,
+    stop_handler,
     user_errors,
 )
 
@@ -62,18 +59,6 @@ def build(shared: Shared) -> None:
     with gr.Row():
         outputs = [gr.Textbox("", label=role, interactive=False, elem_id=f"compose-out-{role}") for role in ROLES]
 
-    def follow_job(job: Any, what: str, done: Any) -> Iterator[dict[Any, Any]]:
-        for view in follow(job):
-            if not view.state.final:
-                yield {status: running_line(view, what)}
-            elif view.state is JobState.FINISHED:
-                yield done(job.result, view)
-            elif view.state is JobState.CANCELLED:
-                yield {status: stopped_line(view, what)}
-            else:
-                yield {status: failed_line(message_of(view.error))}
-                raise gr.Error(message_of(view.error), title="Cannot do that yet")
-
     @user_errors
     def run_scores(a: str, m: str, b: str, picked: list[str], n: float, request: gr.Request) -> Iterator[dict[Any, Any]]:
         try:
@@ -87,7 +72,7 @@ def build(shared: Shared) -> None:
             return {status: f'<span class="ok-dot"></span> Scored m_A, m_B and CALM in {view.seconds:.1f} s.',
                     chart: facade.chart(scores), table: facade.table(scores)}
 
-        yield from follow_job(job, "scoring", done)
+        yield from follow_into(job, status, "scoring", done)
 
     @user_errors
     def run_generation(a: str, m: str, b: str, text: str, request: gr.Request) -> Iterator[dict[Any, Any]]:
@@ -101,11 +86,9 @@ def build(shared: Shared) -> None:
             out: dict[Any, Any] = {box: answers[role] for box, role in zip(outputs, ROLES, strict=True)}
             return out | {status: f'<span class="ok-dot"></span> Generated with each in {view.seconds:.1f} s.'}
 
-        yield from follow_job(job, "generating", done)
+        yield from follow_into(job, status, "generating", done)
 
-    def stop_work(request: gr.Request) -> str:
-        session = session_of(request)
-        return stop_line(shared.engine.stop(session), shared.engine.last_job(session))
+    stop_work = stop_handler(shared.engine)
 
     scoring = score.click(run_scores, [anchor, augment, bridges, chosen, items], [status, chart, table],
                           api_name="compose_scores", **JOB_EVENT)

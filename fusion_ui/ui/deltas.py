@@ -20,7 +20,7 @@ from fusion_ui.ui.shared import (
     require_selection,
     running_line,
     session_of,
-    stop_line,
+    stop_handler,
     stopped_line,
     user_errors,
 )
@@ -138,9 +138,7 @@ def build(shared: Shared) -> DeltasTab:
         row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
         return table.iloc[row]["tensor"]
 
-    def stop_work(request: gr.Request) -> str:
-        session = session_of(request)
-        return stop_line(engine.stop(session), engine.last_job(session))
+    stop_work = stop_handler(engine)
 
     outputs = [status, verdicts, summary, histogram, model, heatmap, top, cosine, conflict, tensor, layer, kind]
     analysing = analyse.click(analyse_all, [shared.selection, metric], outputs, api_name="analyze_deltas",

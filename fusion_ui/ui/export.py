@@ -25,7 +25,7 @@ from fusion_ui.ui.shared import (
     message_of,
     running_line,
     session_of,
-    stop_line,
+    stop_handler,
     stopped_line,
     user_errors,
 )
@@ -134,9 +134,7 @@ def build(shared: Shared, merge: MergeTab) -> ExportTab:
                 yield {result: failed_line(message_of(view.error)) + " Nothing was written."}
                 raise gr.Error(message_of(view.error), title="Cannot do that yet")
 
-    def stop_work(request: gr.Request) -> str:
-        session = session_of(request)
-        return stop_line(engine.stop(session), engine.last_job(session))
+    stop_work = stop_handler(engine)
 
     form = merge.form | {shared.selection, folder, dtype, shard, tokenizer, mergekit, force}
     outputs = [result, card, recipe, mergekit_yaml, history, history_pick, merge.recipe]

@@ -36,7 +36,7 @@ from fusion_ui.ui.shared import (
     require_selection,
     running_line,
     session_of,
-    stop_line,
+    stop_handler,
     stopped_line,
     user_errors,
 )
@@ -395,10 +395,6 @@ class MergeHandlers:
         job = self.merges.start(session_of(request), composed, allow_large_deltas=bool(values[t.allow_large]))
         yield from self.follow_merge(job, live=False)
 
-    def stop_work(self, request: gr.Request) -> str:
-        session = session_of(request)
-        engine = self.shared.engine
-        return stop_line(engine.stop(session), engine.last_job(session))
 
     @user_errors
     def choose_method(self, name: str, selection: dict | None) -> dict[Any, Any]:
@@ -469,7 +465,7 @@ def _wire(shared: Shared, t: MergeTab, h: MergeHandlers) -> None:
     # The button reads the whole form; scripts use /merge_recipe (fusion_ui.ui.api) instead.
     merging = t.merge.click(h.run_merge, form, [t.recipe, t.note, t.status, shared.merged], api_name="merge",
                             **hidden, **JOB_EVENT)
-    t.stop.click(h.stop_work, None, t.status, api_name="stop", queue=False, cancels=[merging])
+    t.stop.click(stop_handler(shared.engine), None, t.status, api_name="stop", queue=False, cancels=[merging])
     t.preview_model.input(h.on_slot(None, merge_live=False), form, refresh_outputs, api_name="dare_preview",
                           **JOB_EVENT)
     for i in range(MAX_MODELS):

@@ -178,3 +178,30 @@ def stop_line(views: list[JobView], last: JobView | None) -> str:
         return (f"Nothing is running: the last {html.escape(last.label)} {last.state.value} "
                 f"({last.seconds:.1f} s).")
     return "Nothing is running."
+
+
+def stop_handler(engine: Engine) -> Callable[[gr.Request], str]:
+    """The handler of a tab's Stop button: cancel this session's jobs, and say what stopped."""
+
+    def stop_work(request: gr.Request) -> str:
+        session = session_of(request)
+        return stop_line(engine.stop(session), engine.last_job(session))
+
+    return stop_work
+
+
+def follow_into(job: Job[Any], status: Any, verb: str, done: Callable[[Any, JobView], dict[Any, Any]], *,
+                noun: str | None = None) -> Iterator[dict[Any, Any]]:
+    """Follow ``job`` into the ``status`` line (waiting, "<verb>" with progress, "<noun>"
+    stopped, failed); when it finishes, yield ``done(result, view)``. A failure is raised as a
+    message after its line."""
+    for view in follow(job):
+        if not view.state.final:
+            yield {status: running_line(view, verb)}
+        elif view.state is JobState.FINISHED:
+            yield done(job.result, view)
+        elif view.state is JobState.CANCELLED:
+            yield {status: stopped_line(view, noun or verb)}
+        else:
+            yield {status: failed_line(message_of(view.error))}
+            raise gr.Error(message_of(view.error), title="Cannot do that yet")

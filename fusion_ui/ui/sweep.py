@@ -18,20 +18,17 @@ import gradio as gr
 import pandas as pd
 
 from fusion_ui.app.sweeps import DEFAULT_ITEMS, MAX_APP_CELLS, AxisChoice
-from fusion_ui.runtime import JobState
 from fusion_ui.ui.merge import MergeTab
 from fusion_ui.ui.shared import (
     JOB_EVENT,
     QUICK,
     Shared,
     failed_line,
-    follow,
+    follow_into,
     message_of,
     require_selection,
-    running_line,
     session_of,
-    stop_line,
-    stopped_line,
+    stop_handler,
     user_errors,
 )
 
@@ -103,19 +100,12 @@ def build(shared: Shared, merge: MergeTab) -> SweepTab:
         except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
             yield {status: failed_line(message_of(exc))}
             raise
-        for view in follow(job):
-            if not view.state.final:
-                yield {status: running_line(view, "sweeping")}
-            elif view.state is JobState.FINISHED:
-                r = job.result
-                yield {status: f'<span class="ok-dot"></span> **{r.ran} cells** merged and scored in {r.seconds:.1f} s. '
-                               "**Use in Merge** takes the best cell (or the row you give).",
-                       chart: facade.chart(r), table: facade.table(r), result: r, csv: str(facade.csv_path(r))}
-            elif view.state is JobState.CANCELLED:
-                yield {status: stopped_line(view, "sweep")}
-            else:
-                yield {status: failed_line(message_of(view.error))}
-                raise gr.Error(message_of(view.error), title="Cannot do that yet")
+        def done(r: Any, view: Any) -> dict[Any, Any]:
+            return {status: f'<span class="ok-dot"></span> **{r.ran} cells** merged and scored in {r.seconds:.1f} s. '
+                            "**Use in Merge** takes the best cell (or the row you give).",
+                    chart: facade.chart(r), table: facade.table(r), result: r, csv: str(facade.csv_path(r))}
+
+        yield from follow_into(job, status, "sweeping", done, noun="sweep")
 
     @user_errors
     def use_cell(r: Any, number: float | None, sel: dict | None) -> dict[Any, Any]:
@@ -127,9 +117,7 @@ def build(shared: Shared, merge: MergeTab) -> SweepTab:
                       merge.status: f'<span class="ok-dot"></span> From the sweep: **{recipe.name}**. '
                                     "Click **Merge** to build it."}
 
-    def stop_work(request: gr.Request) -> str:
-        session = session_of(request)
-        return stop_line(shared.engine.stop(session), shared.engine.last_job(session))
+    stop_work = stop_handler(shared.engine)
 
     def follow_method(method: str) -> dict[Any, Any]:
         return tab.axis_updates(facade.axis_parameters(method))
