@@ -11,7 +11,8 @@ driver keeps every finished cell.
 
 Pointing a sweep at a real cluster:
 
-1. Every node needs fusion-ui (same version) and Ray installed, and must read the models under
+1. Every node needs fusion-ui (same version) and Ray installed (and the lm-eval extra, with
+   the same task files under the same path, for a harness eval), and must read the models under
    the same paths (a shared file system such as NFS or a mounted bucket), or the recipe must
    name hub ids that each node can download (``HF_TOKEN`` in the nodes' environment for gated
    ones; the Hugging Face cache per node).
@@ -35,7 +36,7 @@ from typing import Any
 from fusion_ui.errors import FusionError
 from fusion_ui.progress import CancelToken
 from fusion_ui.sweep.cells import Cell
-from fusion_ui.sweep.runner import CellResult, CellRunner, model_ref
+from fusion_ui.sweep.runner import CellResult, CellRunner, runner_arguments
 from fusion_ui.sweep.spec import Sweep
 
 IN_FLIGHT_PER_WORKER = 2  # a worker starts its next cell while the driver stores the last one
@@ -97,16 +98,9 @@ def ray_cells(
     try:
         count = _worker_count(ray, workers, len(cells), cpus_per_worker, gpus_per_worker)
         worker_class = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(CellRunner)
-        items = list(sweep.items)
+        arguments = runner_arguments(sweep)
         actors = [
-            worker_class.remote(
-                model_ref(sweep.recipe),
-                items,
-                metric=sweep.spec.eval.metric,
-                batch_size=sweep.spec.eval.batch_size,
-                device=device,
-                allow_large_deltas=allow_large_deltas,
-            )
+            worker_class.remote(**arguments, device=device, allow_large_deltas=allow_large_deltas)
             for _ in range(count)
         ]
         queue = iter(cells)

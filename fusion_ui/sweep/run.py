@@ -26,7 +26,7 @@ from fusion_ui.progress import CancelToken, ProgressCallback, report
 from fusion_ui.recipe import Recipe
 from fusion_ui.sweep.cells import Cell, grid_cells
 from fusion_ui.sweep.results import ResultsFile
-from fusion_ui.sweep.runner import CellResult, CellRunner, model_ref
+from fusion_ui.sweep.runner import CellResult, CellRunner, runner_arguments
 from fusion_ui.sweep.spec import Sweep, SweepError
 
 if TYPE_CHECKING:
@@ -205,12 +205,7 @@ def _run_here(
     allow_large_deltas: bool,
 ) -> Iterator[CellResult]:
     runner = CellRunner(
-        model_ref(sweep.recipe),
-        sweep.items,
-        metric=sweep.spec.eval.metric,
-        batch_size=sweep.spec.eval.batch_size,
-        device=device,
-        allow_large_deltas=allow_large_deltas,
+        **runner_arguments(sweep), device=device, allow_large_deltas=allow_large_deltas
     )
     for cell in cells:
         if cancel is not None and cancel.cancelled:

@@ -16,7 +16,9 @@ from fusion_ui.recipe import Recipe
 from fusion_ui.sweep.cells import Cell
 
 if TYPE_CHECKING:
+    from fusion_ui.evals.harness import HarnessSpec
     from fusion_ui.evals.sets import EvalItem
+    from fusion_ui.sweep.spec import Sweep
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,18 @@ class CellRunner:
         batch_size: int = 200,
         device: str = "auto",
         allow_large_deltas: bool = False,
+        harness: HarnessSpec | None = None,
     ) -> None:
         from fusion_ui.device import resolve_device
         from fusion_ui.evals import load_causal_lm
 
         self.device = resolve_device(device)
         self.model, self.tokenizer = load_causal_lm(model_ref, device=self.device)
+        self.harness = None
+        if harness is not None:  # lm-evaluation-harness tasks score the cells, not the items
+            from fusion_ui.evals.harness import HarnessScorer
+
+            self.harness = HarnessScorer(self.model, self.tokenizer, harness, device=self.device)
         self.items = list(items)
         self.metric = metric
         self.batch_size = batch_size
@@ -95,10 +103,17 @@ class CellRunner:
             warnings = tuple(plan.warnings) if self.cells_run == 0 else ()
         self.cells_run += 1
         merged = time.perf_counter()
-        table = evaluate(
-            self.model, self.tokenizer, self.items, device=self.device, batch_size=self.batch_size
-        )
-        scores = {str(row["skill"]): float(row[self.metric]) for _, row in table.iterrows()}
+        if self.harness is not None:
+            scores = self.harness.scores()
+        else:
+            table = evaluate(
+                self.model,
+                self.tokenizer,
+                self.items,
+                device=self.device,
+                batch_size=self.batch_size,
+            )
+            scores = {str(row["skill"]): float(row[self.metric]) for _, row in table.iterrows()}
         return CellResult(key, scores, merged - start, time.perf_counter() - merged, warnings)
 
 
@@ -107,4 +122,15 @@ def model_ref(recipe: Recipe) -> str:
     return recipe.base or recipe.models[0].model
 
 
-__all__ = ["CellResult", "CellRunner", "model_ref"]
+def runner_arguments(sweep: Sweep) -> dict[str, Any]:
+    """What a :class:`CellRunner` of ``sweep`` is made from (plain data: a Ray actor gets it)."""
+    return {
+        "model_ref": model_ref(sweep.recipe),
+        "items": list(sweep.items),
+        "metric": sweep.spec.eval.metric,
+        "batch_size": sweep.spec.eval.batch_size,
+        "harness": sweep.harness,
+    }
+
+
+__all__ = ["CellResult", "CellRunner", "model_ref", "runner_arguments"]

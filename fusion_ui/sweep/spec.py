@@ -40,6 +40,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fusion_ui.errors import RecipeError
+from fusion_ui.evals.harness import HarnessSpec
 from fusion_ui.methods import METHODS
 from fusion_ui.recipe import (
     Recipe,
@@ -127,6 +128,19 @@ class EvalSpec(BaseModel):
     items_per_skill: int | None = 50  # the first N items of each skill; None: all
     metric: Literal["exact_match", "contains"] = "exact_match"
     batch_size: int = 200  # prompts generated at once
+    # lm-evaluation-harness tasks instead of the sets: the tasks are the skills
+    harness: HarnessSpec | None = None
+
+    @model_validator(mode="after")
+    def _sets_or_harness(self) -> EvalSpec:
+        both = {"sets", "skills", "items_per_skill", "metric", "batch_size"} & self.model_fields_set
+        if self.harness is not None and both:
+            raise ValueError(
+                f"harness: replaces {', '.join(sorted(both))}: its tasks are the skills, "
+                "harness.metric the metric and harness.limit the items per task; leave "
+                f"{'it' if len(both) == 1 else 'them'} out"
+            )
+        return self
 
     @field_validator("sets", mode="before")
     @classmethod
@@ -209,13 +223,26 @@ class Sweep:
         return self.source.stem if self.source is not None else "sweep"
 
     @cached_property
+    def harness(self) -> HarnessSpec | None:
+        """The harness tasks that score each cell (``include_path`` resolved), or None."""
+        spec = self.spec.eval.harness
+        if spec is None or spec.include_path is None:
+            return spec
+        return spec.model_copy(update={"include_path": resolve_ref(spec.include_path, self.folder)})
+
+    @cached_property
     def items(self) -> list[Any]:
-        """The eval items every cell is scored on (:class:`fusion_ui.evals.EvalItem`)."""
+        """The eval items every cell is scored on (:class:`fusion_ui.evals.EvalItem`); none
+        when harness tasks score the cells."""
+        if self.harness is not None:
+            return []
         return eval_items(self.spec.eval, self.folder)
 
     @property
     def skills(self) -> list[str]:
-        """The skills in the results, in order."""
+        """The skills in the results, in order (the harness tasks, for a harness eval)."""
+        if self.harness is not None:
+            return list(self.harness.tasks)
         seen: dict[str, None] = {}
         for item in self.items:
             seen.setdefault(item.skill, None)
@@ -232,6 +259,8 @@ class Sweep:
             "items": [[i.prompt, i.answer, i.skill] for i in self.items],
             "metric": self.spec.eval.metric,
         }
+        if self.harness is not None:
+            data["harness"] = self.harness.fingerprint_data()
         blob = json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
         return hashlib.sha256(blob).hexdigest()[:12]
 
@@ -296,6 +325,13 @@ def sweep_from_dict(data: Any, *, folder: Path | None = None, source: Path | Non
     from fusion_ui.sweep.cells import grid_cells  # the grid is the cells module's concept
 
     grid_cells(sweep)  # every cell's recipe validated now, not at cell 57
+    if sweep.harness is not None:
+        from fusion_ui.evals.harness import check_tasks
+
+        try:
+            check_tasks(sweep.harness)  # the harness installed, every task known
+        except RecipeError as exc:
+            raise SweepError(f"{where}: {exc}") from None
     skills = sweep.skills
     for key, skill in [
         ("best.by", spec.best.by),
