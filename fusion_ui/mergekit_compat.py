@@ -18,6 +18,11 @@ the exported file states in comments:
   mergekit's ``della_linear`` is fusion_ui's ``della``. mergekit calls every kept share
   ``density``; fusion_ui's DARE methods declare ``drop_rate`` with ``density`` as its complement
   (``ParamSpec.complement``), so the conversion asks the method's parameters, not its name.
+- Model Stock: fusion_ui keeps the base (t = 0) where the fine-tunes' mean cosine is negative;
+  mergekit extrapolates, and imports do (``clamp_negative: false``). ``filter_wise`` is the same.
+- Filter lists: read as mergekit does (first match wins, ``"*"`` or no filter is a catch-all,
+  no catch-all falls through to the next level); keys that would change mergekit's output and
+  that fusion_ui does not do yet are refused by name, never dropped.
 - SCE: fusion_ui's ``sce`` is mergekit's (``fusion_ui/methods/sce.py`` names its two
   differences on purpose: a tensor whose top-k count rounds to 0 keeps one element, and ties
   at the k-th variance follow one stated rule).
@@ -72,6 +77,13 @@ _MK_METHOD_NOTES = {
     "sce": "sce: where select_topk keeps ⌊n·select_topk⌋ = 0 elements of a tensor, fusion_ui keeps its "
            "most-varying one and mergekit none (the tensor stays the base's)",
 }
+# Methods whose mergekit definition reads no per-model weight (a weight given is ignored there).
+_MK_UNWEIGHTED = {"model_stock"}
+# Top-level keys that change mergekit's output and that fusion_ui does not do yet: refused, never
+# ignored (the output would silently differ).
+_MK_REFUSED = {
+    "chat_template": "the output's tokenizer_config.json is the copied tokenizer's; set the template there",
+}
 _MK_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
               "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
@@ -92,6 +104,19 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
         )
     if "slices" in data:
         raise RecipeError("mergekit `slices:` (layer stacking / passthrough) is not supported; use `models:`")
+    if "modules" in data:
+        raise RecipeError("mergekit `modules:` (a separate merge per sub-model) is not supported; give "
+                          "one `models:` list for the whole model")
+    for key, why in _MK_REFUSED.items():
+        if data.get(key) is not None:
+            raise RecipeError(f"mergekit `{key}:` is not supported yet ({why}); remove it")
+    tokenizer_block = _mapping(data.get("tokenizer"), "tokenizer")
+    for key in tokenizer_block:
+        if key != "source":
+            raise RecipeError(
+                f"mergekit `tokenizer.{key}:` is not supported yet (fusion_ui copies one model's "
+                "tokenizer: `tokenizer: {source: base}` or a model); remove it"
+            )
     method_name = _FROM_MERGEKIT[mk_method]
     method = get_method(method_name)
     base = _model_ref(data["base_model"]) if data.get("base_model") else None
@@ -99,9 +124,11 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
     overrides: list[dict[str, Any]] = []
     g_params: dict[str, Any] = {}
     for key, value in _mapping(data.get("parameters"), "parameters").items():
-        if key in ("int8_mask", "filter_wise"):
-            continue  # memory/shape options with no effect on fusion_ui's float32 results
-        g_params[key] = _value(key, value, overrides, None)
+        if key == "int8_mask":
+            continue  # mergekit's storage of masks: no effect on the values
+        value = _value(key, value, overrides, None)
+        if value is not _UNSET:
+            g_params[key] = value
 
     models: list[dict[str, Any]] = []
     for ref, params in entries:
@@ -129,7 +156,11 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
                 if key == "lambda":  # della's per-model lambda: mergekit applies the first one
                     g_params.setdefault("lambda", value)
                     continue
-                params[key] = _value(key, value, overrides, i)
+                if key == "weight" and mk_method in _MK_UNWEIGHTED:
+                    continue  # mergekit reads no weight for this method (its own tests give one)
+                value = _value(key, value, overrides, i)
+                if value is not _UNSET:
+                    params[key] = value
             if wants_weight and "weight" not in params and "weight" not in g_params:
                 raise RecipeError(f"mergekit requires a weight for model {m['model']!r}")
             density = params.pop(_MK_DENSITY, global_density)
@@ -139,13 +170,15 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
 
     if mk_method in _MK_NORMALIZE:
         g_params.setdefault("normalize", _MK_NORMALIZE[mk_method])
+    if mk_method == "model_stock":
+        g_params.setdefault("clamp_negative", False)  # mergekit extrapolates on negative cosines
     rescale = method.capabilities.rescale
     if mk_method in _MK_RESCALES and rescale is not None:  # mergekit: a bool, L1 when true
         g_params[rescale] = "l1" if g_params.pop("rescale", True) else "none"
-    dtype = data.get("dtype") or data.get("out_dtype")
-    tokenizer = data.get("tokenizer_source")
-    if isinstance(data.get("tokenizer"), dict):
-        tokenizer = data["tokenizer"].get("source", tokenizer)
+    # mergekit computes in `dtype` and writes `out_dtype` (default: `dtype`); fusion_ui computes
+    # in float32 and writes the recipe's dtype
+    dtype = data.get("out_dtype") or data.get("dtype")
+    tokenizer = tokenizer_block.get("source", data.get("tokenizer_source"))
     recipe_data: dict[str, Any] = {
         "method": method_name,
         "base": base,
@@ -210,6 +243,12 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
                     "only match the L1 norm (rescale: true), so results differ slightly"
                 )
             gparams["rescale"] = value != "none"
+        elif method.name == "model_stock" and spec.name == "clamp_negative":
+            if value:
+                notes.append(
+                    "model_stock: fusion_ui sets t = 0 where the fine-tunes' mean cosine is negative; "
+                    "mergekit extrapolates (t < 0), so those tensors differ (clamp_negative: false matches it)"
+                )
         elif spec.name == caps.base_switch:
             if value:
                 notes.append(
@@ -308,30 +347,37 @@ def _first_set(spec: ParamSpec, *layers: dict[str, Any]) -> Any:
     return spec.default
 
 
+_UNSET = object()  # a filter list without a catch-all: this level sets nothing for other tensors
+
+
 def _value(key: str, value: Any, overrides: list[dict[str, Any]], model: int | None) -> Any:
-    """mergekit scalar, gradient list, or conditional [{filter, value}] list -> our value."""
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        default = None
-        # mergekit: the first matching filter wins; ours: the last matching override wins.
-        for cond in reversed(value):
-            if "value" not in cond:
-                raise RecipeError(
-                    f"mergekit parameter {key!r}: each entry of a filter list needs a `value:` "
-                    f"(got {cond!r})"
-                )
-            if "filter" in cond and cond["filter"] is not None:
-                params = {key: cond["value"]}
-                overrides.append({
-                    "match": [f"*{cond['filter']}*"],
-                    "parameters": params if model is None else {},
-                    "models": {} if model is None else {model: params},
-                })
-            else:
-                default = cond["value"]
-        if default is None:
+    """mergekit scalar, gradient list, or conditional ``[{filter, value}]`` list -> our value.
+
+    mergekit reads a filter list top down and takes the first entry whose ``filter`` is a
+    substring of the tensor name, or is missing or ``"*"`` (a catch-all: entries after it are
+    never reached); where none matches, the next level decides (the global parameter, then the
+    default): :data:`_UNSET` here. Ours: overrides, where the last match wins, so the entries
+    are added bottom up.
+    """
+    if isinstance(value, dict) and "value" in value:
+        value = [value]  # mergekit also takes one conditional entry on its own
+    if not (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
+        return value
+    for cond in value:
+        if "value" not in cond:
             raise RecipeError(
-                f"mergekit parameter {key!r}: a list of filters needs a last entry without a "
-                f"filter (`- value: ...`) for the other tensors"
+                f"mergekit parameter {key!r}: each entry of a filter list needs a `value:` "
+                f"(got {cond!r})"
             )
-        return default
-    return value
+    catch_all = next(
+        (j for j, c in enumerate(value) if c.get("filter") is None or c.get("filter") == "*"), None
+    )
+    reached = value if catch_all is None else value[: catch_all + 1]
+    for cond in reversed(reached[: len(reached) if catch_all is None else catch_all]):
+        params = {key: cond["value"]}
+        overrides.append({
+            "match": [f"*{cond['filter']}*"],
+            "parameters": params if model is None else {},
+            "models": {} if model is None else {model: params},
+        })
+    return _UNSET if catch_all is None else reached[catch_all]["value"]

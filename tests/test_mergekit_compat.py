@@ -94,3 +94,67 @@ def test_linear_export_has_no_base_model() -> None:
     r = recipe_from_dict({"method": "linear", "base": "b", "models": [{"model": "x"}, {"model": "y"}]})
     mk = yaml.safe_load(recipe_to_mergekit(r)[0])
     assert "base_model" not in mk and [m["model"] for m in mk["models"]] == ["x", "y"]
+
+
+def test_out_dtype_is_the_output_dtype() -> None:
+    # mergekit computes in `dtype` and writes `out_dtype`; the import used to take `dtype`
+    r = recipe_from_dict({"merge_method": "linear", "dtype": "float32", "out_dtype": "bfloat16",
+                          "models": [{"model": "x", "parameters": {"weight": 1}}]})
+    assert r.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ({"chat_template": "chatml"}, "`chat_template:`"),
+    ({"tokenizer": {"source": "base", "pad_to_multiple_of": 64}}, "`tokenizer.pad_to_multiple_of:`"),
+    ({"tokenizer": {"source": "union", "tokens": {"<x>": {"source": "x"}}}}, "`tokenizer.tokens:`"),
+])
+def test_keys_that_change_the_output_are_refused_by_name(extra: dict, named: str) -> None:
+    config = {"merge_method": "linear", "models": [{"model": "x", "parameters": {"weight": 1}}], **extra}
+    with pytest.raises(RecipeError, match=named.replace(".", r"\.")):
+        recipe_from_dict(config)
+
+
+def test_modules_configs_say_what_is_missing() -> None:
+    # used to be "needs at least 1 model(s), got 0"
+    with pytest.raises(RecipeError, match="`modules:`"):
+        recipe_from_dict({"merge_method": "linear", "modules": {"text": {"models": [{"model": "x"}]}}})
+
+
+def test_star_filter_is_a_catch_all_and_what_follows_it_is_never_reached() -> None:
+    # mergekit: the first entry whose filter is in the name, missing or "*" wins
+    r = recipe_from_dict({
+        "merge_method": "slerp", "base_model": "a", "models": [{"model": "a"}, {"model": "b"}],
+        "parameters": {"t": [{"filter": "self_attn", "value": 0.2}, {"filter": "*", "value": 0.5},
+                             {"filter": "mlp", "value": 0.9}]},
+    })
+    assert r.resolve("model.layers.0.self_attn.q_proj.weight", 2)[0]["t"] == 0.2
+    assert r.resolve("model.layers.0.mlp.up_proj.weight", 2)[0]["t"] == 0.5  # mlp entry: dead
+    assert r.resolve("model.norm.weight", 2)[0]["t"] == 0.5
+
+
+def test_a_filter_list_without_catch_all_falls_through_to_the_global_value() -> None:
+    r = recipe_from_dict({
+        "merge_method": "linear", "parameters": {"weight": 0.5},
+        "models": [{"model": "x", "parameters": {"weight": [{"filter": "mlp", "value": 2.0}]}},
+                   {"model": "y"}],
+    })
+    assert [m["weight"] for m in r.resolve("model.layers.0.mlp.up_proj.weight", 2)[1]] == [2.0, 0.5]
+    assert [m["weight"] for m in r.resolve("model.layers.0.self_attn.q_proj.weight", 2)[1]] == [0.5, 0.5]
+
+
+def test_model_stock_import_takes_filter_wise_extrapolates_and_ignores_weights() -> None:
+    r = recipe_from_dict({
+        "merge_method": "model_stock", "base_model": "b", "parameters": {"filter_wise": True},
+        "models": [{"model": "x", "parameters": {"weight": 1.0}}, {"model": "y", "parameters": {"weight": 1.0}}],
+    })
+    assert r.parameters == {"filter_wise": True, "clamp_negative": False}
+    assert all(m.parameters == {} for m in r.models)  # mergekit's model_stock reads no weight
+
+
+def test_model_stock_export_states_the_clamp_and_round_trips() -> None:
+    native = recipe_from_dict({"method": "model_stock", "base": "b", "models": [{"model": "x"}, {"model": "y"}]})
+    text, notes = recipe_to_mergekit(native)
+    assert "clamp_negative" not in yaml.safe_load(text).get("parameters", {})  # not a mergekit key
+    assert any("extrapolates" in n for n in notes)
+    back = recipe_from_dict(yaml.safe_load(text))
+    assert back.parameters == {"filter_wise": False, "clamp_negative": False}  # mergekit's semantics

@@ -127,6 +127,26 @@ def test_model_stock_ratio_and_merge() -> None:
     assert torch.allclose(out, 2 / 3 * mean + 1 / 3 * base)
 
 
+def test_model_stock_filter_wise_gives_each_row_its_own_t() -> None:
+    # row 0: the deltas agree (cos 1, t = 1: their mean); row 1: orthogonal (cos 0, t = 0: the base)
+    base = [[0.0, 0.0], [0.0, 0.0]]
+    out = run("model_stock", base, [[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]],
+              params={"filter_wise": True})
+    assert torch.allclose(out, torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    whole = run("model_stock", base, [[[1.0, 0.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]]])
+    t = 2 * 0.5 / 1.5  # whole-tensor cosine: 1 / (sqrt 2 * sqrt 2)
+    assert torch.allclose(whole, t * torch.tensor([[1.0, 0.0], [0.5, 0.5]]))
+
+
+def test_model_stock_extrapolates_on_negative_cosines_only_when_asked() -> None:
+    base, d1, d2 = [0.0, 0.0], [1.0, 0.0], [-1.0, 1.0]  # cos = -1/sqrt(2)
+    assert torch.allclose(run("model_stock", base, [d1, d2]), torch.zeros(2))  # t clamped to 0
+    c = -1 / math.sqrt(2)
+    t = 2 * c / (1 + c)  # -4.83, as mergekit computes it
+    out = run("model_stock", base, [d1, d2], params={"clamp_negative": False})
+    assert torch.allclose(out, t * torch.tensor([0.0, 0.5]))
+
+
 def test_breadcrumbs_and_della_methods_run_with_defaults() -> None:
     torch.manual_seed(0)
     base = torch.randn(2000)

@@ -7,15 +7,14 @@ installed here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from parity import mk, ulps
 
 from fusion_ui import merge_to_state_dict, recipe_from_dict
 from fusion_ui.errors import RecipeError
@@ -23,19 +22,6 @@ from fusion_ui.mergekit_compat import recipe_to_mergekit
 from fusion_ui.methods import METHODS, get_method
 from fusion_ui.methods.base import TensorContext
 from fusion_ui.methods.sce import energy_weights, select_count, variance_select_mask
-
-DATA = Path(__file__).resolve().parent / "data"
-
-
-def _reference_module():
-    spec = importlib.util.spec_from_file_location("make_mergekit_reference", DATA / "make_mergekit_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-mk = _reference_module()
 
 
 def sce(base: list, models: list[list], select_topk: float = 1.0) -> torch.Tensor:
@@ -103,15 +89,6 @@ def test_sce_mergekit_yaml_in_and_out() -> None:
     assert out["merge_method"] == "sce" and out["base_model"] == "b"
     assert out["parameters"] == {"select_topk": 0.3}
     assert recipe_from_dict(out) == r
-
-
-def ulps(a: torch.Tensor, b: torch.Tensor) -> int:
-    """Largest distance in float32 units in the last place (sign-magnitude bits made monotone)."""
-    def ordered(t: torch.Tensor) -> np.ndarray:
-        i = t.contiguous().view(torch.int32).numpy().astype(np.int64)
-        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
-
-    return int(np.abs(ordered(a) - ordered(b)).max()) if a.numel() else 0
 
 
 @pytest.fixture(scope="module")

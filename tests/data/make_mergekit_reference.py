@@ -66,6 +66,17 @@ CASES: dict[str, dict[str, dict[str, Any]]] = {
                    "models": [{"model": "{ft0}"}, {"model": "{ft1}"}, {"model": "{ft2}"}],
                    "parameters": {"select_topk": 0.1}},
     },
+    "model_stock": {
+        # one t per tensor; the hashed deltas' mean cosines are small and of either sign, so
+        # mergekit's extrapolation on negative ones is exercised
+        "tensor": {"merge_method": "model_stock", "base_model": "{base}", "dtype": "float32",
+                   "models": [{"model": "{ft0}"}, {"model": "{ft1}"}, {"model": "{ft2}"}]},
+        # one t per row; weights given as mergekit's own tests do (model_stock reads none)
+        "rows": {"merge_method": "model_stock", "base_model": "{base}", "dtype": "float32",
+                 "models": [{"model": "{ft0}", "parameters": {"weight": 1.0}},
+                            {"model": "{ft1}", "parameters": {"weight": 1.0}}],
+                 "parameters": {"filter_wise": True}},
+    },
 }
 
 
