@@ -4,6 +4,7 @@ app's engine and in a real browser."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,12 +12,14 @@ from typing import Any
 import pytest
 from apptools import RunningApp
 
+from fusion_ui import figures
 from fusion_ui.app import Engine
-from fusion_ui.app.compose import Composition
-from fusion_ui.compose import load_composition
+from fusion_ui.app.compose import ROLES, BridgesTraining, Composition
+from fusion_ui.compose import load_composition, read_bridges_info
 from fusion_ui.errors import FusionError, InputError
 from fusion_ui.evals import greedy_generate
 from fusion_ui.resources import demo_dir
+from fusion_ui.runtime import JobState
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
@@ -109,3 +112,63 @@ def test_compose_tab_in_a_browser_scores_and_generates(tmp_path: Path) -> None:
             browser.close()
     finally:
         app.close()
+
+
+# -- training bridges from the app -----------------------------------------------------------
+
+
+def quick_bridges(pair: Composition, **changes: object) -> BridgesTraining:
+    """A few steps of fresh bridges for the demo pair on the demo's composition set."""
+    form = {"anchor": pair.anchor, "augment": pair.augment, "steps": 3, "batch_size": 4}
+    return BridgesTraining(**(form | changes))  # type: ignore[arg-type]
+
+
+def test_bridges_trained_in_the_app_grow_a_loss_history_and_compose(engine: Engine) -> None:
+    pair = engine.compose.demo_pair()
+    job = engine.compose.start_training("t", quick_bridges(pair))
+    seen = [len(engine.training.history(job).steps) for _ in job.watch(0.05)]
+    result = engine.context.wait(job)
+    assert seen == sorted(seen) and seen[-1] == 3 == len(result.losses)
+    assert result.pairs == "3:0,3:1,3:2"  # the shipped demo bridges' pairs by default
+    assert engine.compose.bridges_choices("t")[0] == (f"trained here: {Path(result.folder).name}", result.folder)
+    info = read_bridges_info(result.folder)
+    assert info.training["steps"] == 3 and info.training["n_items"] == 5000  # the demo's composition set
+    assert result.trainable > 0 and "after 3 of 3 steps (done)" in figures.figure_title(engine.compose.curve(job))
+    trained = Composition(pair.anchor, pair.augment, result.folder)
+    answers = engine.context.wait(engine.compose.start_generation("t", trained, "hpg + amy =", max_new_tokens=2))
+    assert list(answers) == list(ROLES)
+
+
+def test_stop_mid_bridges_training_leaves_no_bridges_folder(engine: Engine) -> None:
+    pair = engine.compose.demo_pair()
+    job = engine.compose.start_training("stop-bridges", quick_bridges(pair, steps=5000))
+    deadline = time.monotonic() + 60
+    while len(engine.training.history(job).steps) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (view,) = engine.stop("stop-bridges")
+    assert view.state is JobState.CANCELLED and len(engine.training.history(job).steps) < 5000
+    workspace = engine.training.workspace("stop-bridges")
+    assert not workspace.exists() or list(workspace.iterdir()) == []
+    assert [label for label, _ in engine.compose.bridges_choices("stop-bridges")] == ["the demo's shipped bridges"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"anchor": ""}, "give the anchor"),
+    ({"data": "/nowhere/set.jsonl"}, "no such file"),
+    ({"steps": 0}, "steps must be from 1"),
+    ({"lr": -1}, "learning rate must be above 0"),
+])
+def test_bad_bridges_training_input_is_a_message_before_any_job(
+        engine: Engine, change: dict[str, object], message: str) -> None:
+    pair = engine.compose.demo_pair()
+    with pytest.raises(InputError, match=message):
+        engine.compose.start_training("bad-train", quick_bridges(pair, **change))
+    assert engine.jobs.jobs("bad-train") == []
+
+
+def test_layer_pairs_out_of_range_fail_as_a_message_and_write_nothing(engine: Engine) -> None:
+    pair = engine.compose.demo_pair()
+    job = engine.compose.start_training("far", quick_bridges(pair, pairs="9:0"))
+    with pytest.raises(FusionError, match="out of range: 9:0"):
+        engine.context.wait(job)
+    assert not engine.training.workspace("far").exists()

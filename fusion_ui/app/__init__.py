@@ -4,7 +4,9 @@
 - :mod:`~fusion_ui.app.context`    the device, model cache, job runner, history and export root
 - :mod:`~fusion_ui.app.recipe_form` the Merge tab's controls as plain values, composed into a Recipe
 - :mod:`~fusion_ui.app.models`, :mod:`~fusion_ui.app.deltas`, :mod:`~fusion_ui.app.merges`,
-  :mod:`~fusion_ui.app.compare`, :mod:`~fusion_ui.app.exports`: one facade per tab
+  :mod:`~fusion_ui.app.compare`, :mod:`~fusion_ui.app.exports`, :mod:`~fusion_ui.app.compose`,
+  :mod:`~fusion_ui.app.frozen`, ...: one facade per tab
+- :mod:`~fusion_ui.app.training`   an engine training call as a job: loss history, Stop, workspace
 - :mod:`~fusion_ui.app.history`    merges, exports and recent selections, on disk
 - :mod:`~fusion_ui.app.engine`     the Engine that holds them, and what spans the tabs
 """

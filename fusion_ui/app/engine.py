@@ -11,6 +11,8 @@ handles. Each tab's module in ``fusion_ui.ui`` talks to its own facade:
     engine.cocktail Cocktail tab (fusion_ui.app.cocktail)  LM-Cocktail's weights from a few examples
     engine.sweeps   Sweep tab    (fusion_ui.app.sweeps)    a grid of merges around the recipe, scored
     engine.compose  Compose tab  (fusion_ui.app.compose)   CALM: two frozen models and their bridges
+    engine.frozen   Frozen LM tab (fusion_ui.app.frozen)   a soft prompt trained before a frozen LM
+    engine.training (fusion_ui.app.training)                training runs as jobs, their loss histories
     engine.compare  Compare tab  (fusion_ui.app.compare)   side-by-side generation, scoring
     engine.exports  Export tab   (fusion_ui.app.exports)   exports under the root, history
 
@@ -28,10 +30,12 @@ from fusion_ui.app.compose import ComposeFacade
 from fusion_ui.app.context import LIVE_LIMIT_BYTES, AppContext
 from fusion_ui.app.deltas import DEFAULT_HEATMAP_METRIC, DeltasFacade
 from fusion_ui.app.exports import ExportFacade
+from fusion_ui.app.frozen import FrozenFacade
 from fusion_ui.app.merges import MergeFacade
 from fusion_ui.app.models import ModelsFacade
 from fusion_ui.app.selection import LIMITS, DemoFamily, Limits, Selection
 from fusion_ui.app.sweeps import SweepFacade
+from fusion_ui.app.training import TrainingJobs
 from fusion_ui.runtime.jobs import JobView
 
 
@@ -58,7 +62,9 @@ class Engine:
         self.merges = MergeFacade(self.context, self.deltas)
         self.cocktail = CocktailFacade(self.context)
         self.sweeps = SweepFacade(self.context)
-        self.compose = ComposeFacade(self.context)
+        self.training = TrainingJobs(self.context)
+        self.compose = ComposeFacade(self.context, self.training)
+        self.frozen = FrozenFacade(self.context, self.training)
         self.compare = CompareFacade(self.context)
         self.exports = ExportFacade(self.context)
 

@@ -17,6 +17,7 @@ from fusion_ui.figures.html_report import write_html_report
 from fusion_ui.figures.scores import score_chart
 from fusion_ui.figures.style import HEATMAP_SCALE, OKABE_ITO, figure_subtitle, figure_title
 from fusion_ui.figures.sweep import sweep_chart
+from fusion_ui.figures.training import loss_curve
 from fusion_ui.figures.warm import warm_up
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "figure_title",
     "fit_log_range",
     "layer_module_heatmap",
+    "loss_curve",
     "pairwise_by_layer_heatmap",
     "pairwise_heatmap",
     "score_chart",

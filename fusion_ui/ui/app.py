@@ -1,4 +1,4 @@
-"""The app: five tabs assembled into one ``gr.Blocks``, and how it is launched.
+"""The app: its tabs assembled into one ``gr.Blocks``, and how it is launched.
 
 Each tab lives in its own module with a ``build`` function; this module only wires the events
 that cross tabs (a new model selection updates the Merge sliders, the Compare columns and the
@@ -19,7 +19,18 @@ import plotly.graph_objects as go  # noqa: E402
 from fusion_ui import __version__  # noqa: E402
 from fusion_ui.app import Engine, MergeRef, make_selection, parse_recipe  # noqa: E402
 from fusion_ui.errors import FusionError  # noqa: E402
-from fusion_ui.ui import api, cocktail, compare, compose, deltas, export, merge, models, sweep  # noqa: E402
+from fusion_ui.ui import (  # noqa: E402
+    api,
+    cocktail,
+    compare,
+    compose,
+    deltas,
+    export,
+    frozen,
+    merge,
+    models,
+    sweep,
+)
 from fusion_ui.ui.login import LoginThrottle  # noqa: E402
 from fusion_ui.ui.shared import JOB_EVENT, QUICK, Shared, session_of, user_errors  # noqa: E402
 from fusion_ui.ui.theme import RESTORE_THEME_JS, TOGGLE_DARK_JS, css, fusion_theme, logo_svg  # noqa: E402
@@ -62,6 +73,8 @@ def build_app(engine: Engine) -> gr.Blocks:
                 export_tab = export.build(shared, merge_tab)
             with gr.Tab("8 · Compose", id="compose", elem_id="tab-compose"):
                 compose.build(shared)
+            with gr.Tab("9 · Frozen LM", id="frozen", elem_id="tab-frozen"):
+                frozen.build(shared)
         gr.HTML(f'<div id="app-footer">fusion_ui {__version__} · runs locally; models never leave this '
                 "machine · <code>python app.py --help</code></div>")
         # An empty, unseen plot on the first page: the browser loads and compiles plotly.js while

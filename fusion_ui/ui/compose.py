@@ -3,19 +3,29 @@
 The CALM demo pair is preselected (an augmenting m_A that knows string keys, an anchor m_B that
 does arithmetic, bridges trained on 20 % of the keys); any anchor, augmenting model and bridges
 folder written by ``fusion-ui compose train`` work too. **Score** runs m_A, m_B and CALM on the
-demo's held-out sets; **Generate** answers one prompt with each. Training bridges:
-``fusion-ui compose train`` (the app's training panel is still to come).
+demo's held-out sets; **Generate** answers one prompt with each. **Train bridges** trains fresh
+bridges for the pair on a composition set (the demo's KV-arithmetic rows preselected) with a live
+loss curve and Stop; the folder it writes becomes the bridges scored and generated with.
 """
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
-from fusion_ui.app.compose import DEFAULT_ITEMS, ROLES, Composition
+from fusion_ui.app.compose import (
+    DEFAULT_ITEMS,
+    ROLES,
+    TRAIN_BATCH,
+    TRAIN_LR,
+    TRAIN_STEPS,
+    BridgesTraining,
+    Composition,
+)
 from fusion_ui.ui.shared import (
     JOB_EVENT,
     Shared,
@@ -27,6 +37,8 @@ from fusion_ui.ui.shared import (
     user_errors,
 )
 
+NOTHING_WRITTEN = "Nothing was written: bridges are saved only when their run ends."
+
 
 def build(shared: Shared) -> None:
     facade = shared.engine.compose
@@ -36,11 +48,34 @@ def build(shared: Shared) -> None:
         "**CALM** (Bansal et al. 2024, arXiv 2401.02412) composes two frozen models: small trained bridges let the "
         "anchor m_B read the augmenting model m_A's hidden states. The demo pair: m_A knows what string keys stand "
         "for, m_B does arithmetic and never saw a key; the bridges were trained on 20 % of the keys, and the sets "
-        "below use the other 80 %. Train your own bridges with `fusion-ui compose train`.", elem_classes="tab-intro")
+        "below use the other 80 %. Train your own bridges below (or with `fusion-ui compose train`).",
+        elem_classes="tab-intro")
     with gr.Row():
         anchor = gr.Textbox(pair.anchor, label="anchor m_B", elem_id="compose-anchor", scale=2)
         augment = gr.Textbox(pair.augment, label="augmenting model m_A", elem_id="compose-augment", scale=2)
-        bridges = gr.Textbox(pair.bridges, label="bridges folder", elem_id="compose-bridges", scale=2)
+        bridges = gr.Dropdown(facade.bridges_choices(""), value=pair.bridges or None, allow_custom_value=True,
+                              label="bridges folder", info="The demo's, any folder of `fusion-ui compose train`, "
+                              "or bridges trained below.", elem_id="compose-bridges", scale=2)
+    with gr.Accordion("Train bridges for this pair", open=False, elem_id="compose-training"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                train_data = gr.Textbox(str(facade.demo_training_set() or ""), label="composition set (.jsonl / .csv)",
+                                        info="The demo's: KV arithmetic over 20 % of the keys.",
+                                        elem_id="compose-train-data")
+                with gr.Row():
+                    train_pairs = gr.Textbox(facade.demo_pairs(), label="layer pairs m_A:m_B",
+                                             info="Empty: the engine's default pairs.", elem_id="compose-train-pairs")
+                    train_steps = gr.Number(TRAIN_STEPS, precision=0, minimum=1, label="steps",
+                                            elem_id="compose-train-steps")
+                    train_lr = gr.Number(TRAIN_LR, label="learning rate", elem_id="compose-train-lr")
+                    train_batch = gr.Number(TRAIN_BATCH, precision=0, minimum=1, label="batch size",
+                                            elem_id="compose-train-batch")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    train = gr.Button("Train bridges", variant="primary", elem_id="compose-train", scale=3)
+                    train_stop = gr.Button("Stop", variant="stop", elem_id="compose-train-stop", scale=1)
+                train_status = gr.Markdown("", elem_id="compose-train-status", elem_classes="status")
+        curve = gr.Plot(show_label=False, elem_id="compose-curve")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             chosen = gr.CheckboxGroup(tasks, value=tasks, label="Score on (the CALM demo's held-out sets)",
@@ -88,6 +123,29 @@ def build(shared: Shared) -> None:
 
         yield from follow_into(job, status, "generating", done)
 
+    @user_errors
+    def run_training(a: str, m: str, file: str, pairs: str, n: float, rate: float, batch: float,
+                     request: gr.Request) -> Iterator[dict[Any, Any]]:
+        session = session_of(request)
+        try:
+            form = BridgesTraining(a, m, data=file or "", pairs=pairs or "", steps=n, lr=rate, batch_size=batch)
+            job = facade.start_training(session, form)
+        except Exception as exc:  # noqa: BLE001
+            yield {train_status: failed_line(message_of(exc))}
+            raise
+
+        def done(r: Any, view: Any) -> dict[Any, Any]:
+            line = (f'<span class="ok-dot"></span> Trained {r.trainable:,} bridge parameters at pairs {r.pairs} '
+                    f"({len(r.losses)} steps, {r.seconds:.1f} s): loss {r.losses[0]:.3f} → {r.losses[-1]:.3f}. "
+                    f"Saved to <code>{html.escape(r.folder)}</code>; Score and Generate now use them.")
+            return {train_status: line, curve: facade.curve(job),
+                    bridges: gr.update(choices=facade.bridges_choices(session), value=r.folder)}
+
+        yield {curve: facade.curve(job)}
+        yield from follow_into(job, train_status, "training", done, noun="training",
+                               stopped_note=NOTHING_WRITTEN,
+                               live=lambda view: {curve: facade.curve(job)})
+
     stop_work = stop_handler(shared.engine)
 
     scoring = score.click(run_scores, [anchor, augment, bridges, chosen, items], [status, chart, table],
@@ -97,3 +155,9 @@ def build(shared: Shared) -> None:
     prompt.submit(run_generation, [anchor, augment, bridges, prompt], [status, *outputs],
                   api_name="compose_generate_enter", **JOB_EVENT)
     stop.click(stop_work, None, status, api_name="stop_compose", queue=False, cancels=[scoring, generating])
+    # Training is not cancelled as an event: Stop cancels its job, and the event then shows the
+    # stopped state (the curve as it was, and that nothing was written).
+    train.click(run_training, [anchor, augment, train_data, train_pairs, train_steps, train_lr, train_batch],
+                [train_status, curve, bridges], api_name="compose_train", **JOB_EVENT)
+    stop_training = stop_handler(shared.engine, note=NOTHING_WRITTEN)
+    train_stop.click(stop_training, None, train_status, api_name="stop_compose_training", queue=False)

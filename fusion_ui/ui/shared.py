@@ -148,11 +148,12 @@ def failed_line(text: str) -> str:
     return f'<span class="bad-dot"></span> <b>Failed.</b> {html.escape(text)}'
 
 
-def stopped_line(view: JobView, noun: str) -> str:
+def stopped_line(view: JobView, noun: str, note: str = "") -> str:
     where = ""
     if view.progress is not None and view.progress.total:
         where = f" at {view.progress.done} of {view.progress.total}"
-    return f'<span class="stop-dot"></span> <b>Stopped</b>: the {noun} was cancelled{where}.'
+    tail = f" {html.escape(note)}" if note else ""
+    return f'<span class="stop-dot"></span> <b>Stopped</b>: the {noun} was cancelled{where}.{tail}'
 
 
 def final_error(view: JobView) -> BaseException | None:
@@ -180,28 +181,37 @@ def stop_line(views: list[JobView], last: JobView | None) -> str:
     return "Nothing is running."
 
 
-def stop_handler(engine: Engine) -> Callable[[gr.Request], str]:
-    """The handler of a tab's Stop button: cancel this session's jobs, and say what stopped."""
+def stop_handler(engine: Engine, *, note: str = "") -> Callable[[gr.Request], str]:
+    """The handler of a tab's Stop button: cancel this session's jobs, and say what stopped
+    (and ``note``, what a stop leaves behind, when it stopped something)."""
 
     def stop_work(request: gr.Request) -> str:
         session = session_of(request)
-        return stop_line(engine.stop(session), engine.last_job(session))
+        views = engine.stop(session)
+        line = stop_line(views, engine.last_job(session))
+        return f"{line} {html.escape(note)}" if views and note else line
 
     return stop_work
 
 
 def follow_into(job: Job[Any], status: Any, verb: str, done: Callable[[Any, JobView], dict[Any, Any]], *,
-                noun: str | None = None) -> Iterator[dict[Any, Any]]:
+                noun: str | None = None, stopped_note: str = "",
+                live: Callable[[JobView], dict[Any, Any]] | None = None) -> Iterator[dict[Any, Any]]:
     """Follow ``job`` into the ``status`` line (waiting, "<verb>" with progress, "<noun>"
     stopped, failed); when it finishes, yield ``done(result, view)``. A failure is raised as a
-    message after its line."""
+    message after its line.
+
+    ``live(view)`` adds outputs to every snapshot that is not the finished one (a training
+    run's loss curve as it grows, and as it was when stopped or failed); ``stopped_note`` ends
+    the stopped line (what a stop left behind)."""
+    more = live or (lambda view: {})
     for view in follow(job):
         if not view.state.final:
-            yield {status: running_line(view, verb)}
+            yield {status: running_line(view, verb), **more(view)}
         elif view.state is JobState.FINISHED:
             yield done(job.result, view)
         elif view.state is JobState.CANCELLED:
-            yield {status: stopped_line(view, noun or verb)}
+            yield {status: stopped_line(view, noun or verb, stopped_note), **more(view)}
         else:
-            yield {status: failed_line(message_of(view.error))}
+            yield {status: failed_line(message_of(view.error)), **more(view)}
             raise gr.Error(message_of(view.error), title="Cannot do that yet")
