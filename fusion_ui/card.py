@@ -73,6 +73,8 @@ def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | No
         lines.append(f"- taken unchanged from the base: `{recipe.exclude}`")
     if recipe.overrides:
         lines.append(f"- {len(recipe.overrides)} per-tensor override(s), see the recipe")
+    if plan.notes:
+        lines += ["", "## How the method treated the tensors", "", *(f"- {n}" for n in plan.notes)]
     lines += weights_from_section(recipe)
     if plan.warnings:
         lines += ["", "## Warnings at merge time", "", *(f"- {w}" for w in plan.warnings)]

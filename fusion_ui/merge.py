@@ -77,6 +77,7 @@ class MergePlan:
     num_layers: int | None
     compatibility: CompatibilityReport
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the method did where (model card)
     delta_stats: list[dict[str, Any]] = field(default_factory=list)  # pre-flight sample per model
 
     @property
@@ -165,9 +166,11 @@ def plan_merge(
                 f"be {reference.ref} unchanged; check `include:` and `exclude:`"
             )
         _check_tokenizer_source(recipe, reference, models, compat)
+        # statistics a method reads besides the weights: missing, stale or foreign ones fail now
+        notes = method.check_sources(models, {j.name: j.model_params for j in jobs if j.merged})
         plan = MergePlan(
             recipe=recipe, method=method, base=base, models=models, reference=reference,
-            jobs=jobs, out_dtype=out_dtype, num_layers=num_layers, compatibility=compat,
+            jobs=jobs, out_dtype=out_dtype, num_layers=num_layers, compatibility=compat, notes=notes,
         )
         plan.warnings += [f"{f.model}: {f.message}" for f in compat.findings if f.severity == "warning"]
         # A pattern or override that selects nothing is most likely a typo; it is a warning, not
@@ -544,6 +547,9 @@ def _preflight_deltas(plan: MergePlan, allow_large: bool, *, refuse: bool = True
     if not candidates:
         return
     picks = sorted({candidates[0].name, candidates[len(candidates) // 2].name, candidates[-1].name})
+    caps = plan.method.capabilities
+    # a method whose random drop is behind a switch (DARE in front of fisher) drops only while it reads θ0
+    drops = caps.random_drop is not None and (caps.base_switch is None or plan.reads_base)
     bases: dict[str, tuple[torch.Tensor, float]] = {}  # read once, shared by every fine-tune
     for name in picks:
         base = _read(plan.base, name, None).float()
@@ -586,7 +592,7 @@ def _preflight_deltas(plan: MergePlan, allow_large: bool, *, refuse: bool = True
                 f"{unrelated}; {plan.method.name} merges the weights anyway, but models trained "
                 f"from different starting points rarely merge into a working model"
             )
-        if plan.method.capabilities.random_drop is not None and median > DARE_SAFE_DELTA:
+        if drops and median > DARE_SAFE_DELTA:
             plan.warnings.append(
                 f"{model.ref}: median |δ| = {median:.4g} on sampled weights; DARE works while deltas "
                 f"stay below ~{DARE_SAFE_DELTA} and tends to fail from ~0.01 (Yu et al. 2023)"

@@ -376,10 +376,20 @@ class Recipe(BaseModel):
         tok = self.tokenizer_source
         if tok not in ("base",) and not tok.startswith("model:"):
             tok = fix(tok) or tok
+        method = get_method(self.method)
+        paths = {p.name for p in method.params if p.kind == "path"}
+
+        def fix_paths(values: dict[str, Any]) -> dict[str, Any]:
+            """Path parameters (statistics folders) resolved like model paths."""
+            return {k: resolve_ref(v, folder) if k in paths and isinstance(v, str) and v else v
+                    for k, v in values.items()}
+
         return self.model_copy(
             update={
                 "base": fix(self.base),
-                "models": [e.model_copy(update={"model": fix(e.model)}) for e in self.models],
+                "models": [e.model_copy(update={"model": fix(e.model), "parameters": fix_paths(e.parameters)})
+                           for e in self.models],
+                "parameters": fix_paths(self.parameters),
                 "tokenizer_source": tok,
             }
         )
@@ -534,7 +544,7 @@ def _pick(spec: ParamSpec, layers: list[dict[str, Any]], pos: float, default: An
     for values in layers:
         given = spec.value_in(values)
         if given is not None:
-            value = _scalar(given, pos)
+            value = given if spec.kind == "path" else _scalar(given, pos)
     if spec.kind == "float":
         return float(value)
     if spec.kind == "int":

@@ -143,6 +143,8 @@ def _seed(value: Any) -> int:
 
 
 def _plain(value: Any, kind: str) -> Any:
+    if kind == "path":  # a text box: a folder, or nothing yet
+        return "" if value is None else str(value).strip()
     if kind == "int":
         return int(value)
     if kind == "float":

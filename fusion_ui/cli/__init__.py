@@ -23,6 +23,7 @@ _COMMANDS = (
     "inspect",
     "merge",
     "cocktail",
+    "stats",
     "compose",
     "frozen",
     "sweep",

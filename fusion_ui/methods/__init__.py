@@ -6,9 +6,11 @@ from __future__ import annotations
 from fusion_ui.errors import RecipeError
 from fusion_ui.methods.base import MergeMethod, TensorContext
 from fusion_ui.methods.capabilities import Capabilities, DropSettings, RandomDrop
+from fusion_ui.methods.fisher import FisherMerge
 from fusion_ui.methods.linear import LinearMerge
 from fusion_ui.methods.model_stock import ModelStockMerge
 from fusion_ui.methods.params import ParamSpec
+from fusion_ui.methods.regmean import RegMeanMerge
 from fusion_ui.methods.sce import SceMerge
 from fusion_ui.methods.slerp import SlerpMerge
 from fusion_ui.methods.task_arithmetic import TASK_ARITHMETIC_METHODS
@@ -21,6 +23,8 @@ METHODS: dict[str, MergeMethod] = {
         SlerpMerge(),
         ModelStockMerge(),
         SceMerge(),
+        FisherMerge(),
+        RegMeanMerge(),
     )
 }
 for _method in METHODS.values():

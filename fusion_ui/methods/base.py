@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -13,6 +13,9 @@ from fusion_ui.errors import RecipeError
 from fusion_ui.methods.capabilities import Capabilities, DropSettings
 from fusion_ui.methods.params import ParamSpec
 from fusion_ui.methods.sparsify import RESCALE_MODES
+
+if TYPE_CHECKING:
+    from fusion_ui.io.checkpoint import Checkpoint
 
 
 class NonFiniteInput(ValueError):  # noqa: N818 - a signal between kernel and executor, not a user error
@@ -145,6 +148,8 @@ class MergeMethod(ABC):
             spec(caps.base_switch, per_model=False, kinds=("bool",), what="base_switch")
         if caps.random_drop is not None and caps.random_drop.rate is not None:
             spec(caps.random_drop.rate, per_model=True, kinds=("float",), what="random_drop.rate")
+        if caps.statistics is not None:
+            spec(caps.statistics, per_model=True, kinds=("path",), what="statistics")
         if caps.rescale is not None:
             rescale = spec(caps.rescale, per_model=False, kinds=("choice",), what="rescale")
             if not set(rescale.choices) <= set(RESCALE_MODES):
@@ -157,6 +162,15 @@ class MergeMethod(ABC):
     def check(self, params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
         """Rules across parameters (single values are range-checked by their specs)."""
         return None
+
+    def check_sources(
+        self, models: Sequence[Checkpoint], merged: Mapping[str, Sequence[Mapping[str, Any]]]
+    ) -> list[str]:
+        """Check what the method reads besides the weights (``capabilities.statistics``) against
+        the opened ``models``, before any tensor is merged: ``merged`` maps each merged tensor to
+        its resolved per-model parameters. Raises RecipeError naming the model and the problem;
+        returns notes for the model card (what the method did where)."""
+        return []
 
     @abstractmethod
     def merge(self, ctx: TensorContext) -> torch.Tensor:

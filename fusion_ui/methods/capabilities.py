@@ -8,6 +8,8 @@ method names:
 - does it drop delta elements at random (seeded; fails on large deltas), and is that drop
   DARE's, with one drop rate per model, so that the DARE preview shows what the merge does?
 - which global parameter chooses how survivors are rescaled?
+- does it read statistics of each model on data (Fisher, Gram matrices), and which per-model
+  path parameter names their folder?
 
 Two spellings of one quantity (``density`` = 1 − ``drop_rate``) are a property of a parameter,
 declared on its :class:`~fusion_ui.methods.params.ParamSpec` (``complement``).
@@ -44,6 +46,9 @@ class Capabilities:
     base_switch: str | None = None  # with base="optional": e.g. slerp's ``on_deltas``
     random_drop: RandomDrop | None = None  # None: deterministic
     rescale: str | None = None  # global choice parameter: how kept deltas are rescaled
+    # per-model path parameter naming each model's statistics folder (``fusion-ui stats``);
+    # None: the method reads the weights only
+    statistics: str | None = None
 
     def __post_init__(self) -> None:
         if (self.base == "optional") != (self.base_switch is not None):

@@ -18,7 +18,9 @@ from typing import Any, Literal
 
 from fusion_ui.errors import RecipeError
 
-ParamKind = Literal["float", "int", "bool", "choice"]
+# path: a folder or file a method reads besides the weights (data statistics); recipes resolve it
+# against their own folder like a model path, and a UI shows a text box.
+ParamKind = Literal["float", "int", "bool", "choice", "path"]
 Scalar = float | int | bool | str
 
 
@@ -70,6 +72,10 @@ class ParamSpec:
             if isinstance(value, str) and value in self.choices:
                 return value
             raise RecipeError(f"{name} must be one of {', '.join(self.choices)}; got {value!r}")
+        if self.kind == "path":
+            if isinstance(value, str):
+                return value.strip()
+            raise RecipeError(f"{name} must be a folder path (text), got {value!r}")
         number = as_number(value)
         if number is None:
             raise RecipeError(f"{name} must be a number, got {value!r}")

@@ -66,6 +66,8 @@ def _control(spec: dict[str, Any], *, elem_id: str) -> gr.components.Component:
         return gr.Checkbox(bool(spec["default"]), label=label, info=info, elem_id=elem_id)
     if spec["kind"] == "choice":
         return gr.Dropdown(list(spec["choices"]), value=spec["default"], label=label, info=info, elem_id=elem_id)
+    if spec["kind"] == "path":  # a folder the method reads (data statistics)
+        return gr.Textbox(str(spec["default"]), label=label, info=info, elem_id=elem_id, placeholder="folder")
     return gr.Slider(**_range(spec), label=label, info=info, elem_id=elem_id)
 
 
@@ -94,6 +96,8 @@ def _update(spec: dict[str, Any], *, visible: bool, value: Any = None) -> Any:
         return gr.update(visible=visible, label=label, info=info, value=bool(value))
     if spec["kind"] == "choice":
         return gr.update(visible=visible, label=label, info=info, choices=list(spec["choices"]), value=value)
+    if spec["kind"] == "path":
+        return gr.update(visible=visible, label=label, info=info, value=str(value))
     return gr.update(visible=visible, label=label, info=info, **_range(spec, value))
 
 
