@@ -81,6 +81,25 @@ def test_bad_sweeps_are_refused_before_any_job(engine: Engine, axes: list[AxisCh
     assert engine.last_job("s", ["sweep"]) is None
 
 
+def test_ray_is_only_what_the_app_was_started_with(engine: Engine) -> None:
+    # the page cannot point the server at a cluster: only `fusion-ui app --ray ...` can
+    assert engine.sweeps.ray_address is None
+    recipe = load_recipe(demo_recipe("dare_ties"))
+    with pytest.raises(InputError, match="started without a Ray cluster.*--ray local"):
+        engine.sweeps.start("s", recipe, [AxisChoice("drop_rate", "0.5")], skills=SKILLS, on_ray=True)
+
+
+def test_app_with_ray_but_without_the_extra_says_how_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+
+    from fusion_ui.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert main(["app", "--ray", "local", "--no-browser"]) == 2
+    assert 'pip install "fusion-ui[ray]"' in capsys.readouterr().err
+
+
 def test_a_two_axis_sweep_gives_its_table_heatmap_and_best_cell(engine: Engine, swept: SweepResult) -> None:
     table = engine.sweeps.table(swept)
     assert list(table.columns) == ["drop_rate", "lambda", "upper", "shift", "mean"]

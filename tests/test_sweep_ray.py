@@ -80,3 +80,24 @@ def test_a_workers_error_comes_back_as_itself(local_ray: Any, tmp_path: Path) ->
     with pytest.raises(FusionError) as info:  # the model folder is missing, said on the worker
         run_sweep(sweep, ray="auto", device="cpu", workers=1)
     assert "gone" in str(info.value)
+
+
+def test_the_apps_sweep_tab_runs_on_the_apps_ray_cluster(local_ray: Any, tmp_path: Path) -> None:
+    from fusion_ui.app import Engine
+    from fusion_ui.app.sweeps import AxisChoice
+    from fusion_ui.recipe import load_recipe
+    from fusion_ui.resources import demo_dir, demo_recipe
+
+    recipe = load_recipe(demo_recipe("dare_ties"))
+    axes = [AxisChoice("drop_rate", "0.5, 0.99")]
+    tables = {}
+    for ray_address in (None, "auto"):  # "auto": the session this module started
+        state = tmp_path / str(ray_address)
+        engine = Engine(demo_dir=demo_dir(), device="cpu", state_dir=state, export_root=state / "x", ray=ray_address)
+        try:
+            job = engine.sweeps.start("s", recipe, axes, skills=["upper", "shift"], items_per_skill=5,
+                                      on_ray=ray_address is not None)
+            tables[ray_address] = engine.context.wait(job).table
+        finally:
+            engine.close()
+    pd.testing.assert_frame_equal(scores_only(tables["auto"]), scores_only(tables[None]), check_exact=True)

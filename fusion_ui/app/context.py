@@ -56,8 +56,12 @@ class AppContext:
         export_root: str | os.PathLike[str] | None = None,
         live_limit_bytes: int = LIVE_LIMIT_BYTES,
         limits: Limits = LIMITS,
+        ray: str | None = None,
     ) -> None:
         self.demo = DemoFamily.find(demo_dir)
+        # The Ray cluster the Sweep tab may send cells to (``fusion-ui app --ray``), chosen by
+        # whoever starts the app, never typed in the page: None, the tab runs sweeps here only.
+        self.ray = ray
         self.device = device
         budget = default_memory_budget() if memory_budget is None else parse_size(memory_budget)
         self.cache = ModelCache(budget)

@@ -53,10 +53,11 @@ class Engine:
         export_root: str | os.PathLike[str] | None = None,
         live_limit_bytes: int = LIVE_LIMIT_BYTES,
         limits: Limits = LIMITS,
+        ray: str | None = None,
     ) -> None:
         self.context = AppContext(demo_dir=demo_dir, device=device, memory_budget=memory_budget,
                                   state_dir=state_dir, export_root=export_root, live_limit_bytes=live_limit_bytes,
-                                  limits=limits)
+                                  limits=limits, ray=ray)
         self.models = ModelsFacade(self.context)
         self.deltas = DeltasFacade(self.context)
         self.merges = MergeFacade(self.context, self.deltas)

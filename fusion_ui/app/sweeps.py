@@ -61,17 +61,31 @@ class SweepFacade:
         demo = self.context.demo
         return sorted(demo.eval_sets) if demo is not None else []
 
+    @property
+    def ray_address(self) -> str | None:
+        """The Ray cluster this app may send cells to (``fusion-ui app --ray``), or None."""
+        return self.context.ray
+
     def start(self, session: str, recipe: Recipe, axes: Sequence[AxisChoice], *, skills: Sequence[str],
-              items_per_skill: int = DEFAULT_ITEMS) -> Job[SweepResult]:
-        """Run the grid as a job of the session; checked (every cell's recipe) before it starts."""
+              items_per_skill: int = DEFAULT_ITEMS, on_ray: bool = False) -> Job[SweepResult]:
+        """Run the grid as a job of the session; checked (every cell's recipe) before it starts.
+
+        ``on_ray``: the cells go to the app's Ray cluster as Ray tasks (one actor per worker that
+        keeps its model loaded), with the same results; only where the app was started with one.
+        """
+        if on_ray and self.ray_address is None:
+            raise InputError("this app was started without a Ray cluster; start it with "
+                             "`fusion-ui app --ray local` (or auto, or the head's address) to run sweeps on Ray")
+        ray = self.ray_address if on_ray else None
         sweep = self.sweep_of(recipe, axes, skills=skills, items_per_skill=items_per_skill)
         digest = hashlib.sha256(session.encode()).hexdigest()[:12]
         out = self.context.state_dir / "sweeps" / f"{digest}-{time.strftime('%Y%m%d-%H%M%S')}"
 
         def run(ctx: JobContext) -> SweepResult:
-            # One thread: the demo's small models generate fastest on it, and the page stays responsive.
+            # One thread: the demo's small models generate fastest on it, and the page stays responsive
+            # (Ray workers take one CPU each).
             return run_sweep(sweep, out=out, device=self.context.device, progress=ctx.progress,
-                             cancel=ctx.cancel, threads=1)
+                             cancel=ctx.cancel, threads=None if ray else 1, ray=ray)
 
         return self.context.submit(session, "sweep", run, label="sweep")
 

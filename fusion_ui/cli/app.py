@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget", default=None, help="models kept loaded, e.g. 8GB (default: half the RAM)")
     parser.add_argument("--export-root", default=None, metavar="DIR",
                         help="the app writes exports only below this folder (default: ~/fusion_ui/exports)")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="let the Sweep tab run cells on this Ray cluster: local, auto or an address "
+                             "(HEAD:6379, ray://HEAD:10001); needs the ray extra")
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
 
 
@@ -53,12 +56,16 @@ def run_app(args: argparse.Namespace, refuse: Callable[[str], object]) -> int:
     from fusion_ui.demo import DEMO_DIR
     from fusion_ui.ui import build_app, launch, listen_problem
 
+    if args.ray:  # fail now, not at the first sweep
+        from fusion_ui.sweep.ray_executor import import_ray
+
+        import_ray()
     problem = listen_problem(args.host, args.share, args.auth)
     if problem:
         refuse(problem)  # argparse's error: usage, the message, exit code 2
         return 2
     engine = Engine(demo_dir=args.demo_dir or DEMO_DIR, device=args.device, memory_budget=args.memory_budget,
-                    export_root=args.export_root)
+                    export_root=args.export_root, ray=args.ray)
     try:
         launch(build_app(engine), host=args.host, port=args.port, share=args.share, auth=args.auth,
                inbrowser=not args.no_browser)

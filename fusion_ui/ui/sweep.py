@@ -4,8 +4,8 @@ Around the Merge tab's recipe, pick one or two of its method's parameters (or th
 their values, and the demo skills to score; **Run** merges every cell in memory and scores it
 (a job, with progress and **Stop**). One axis draws a line per skill, two a heatmap of the mean;
 the table lists every cell, **Use in Merge** sends the best cell (or any row) back to the Merge
-tab, and the CSV can be downloaded. Larger sweeps, three axes, resuming and Ray:
-``fusion-ui sweep``.
+tab, and the CSV can be downloaded. Where the app was started with ``--ray``, the cells can run
+on that Ray cluster. Larger sweeps, three axes and resuming: ``fusion-ui sweep``.
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ def build(shared: Shared, merge: MergeTab) -> SweepTab:
                                       label="Score on (demo eval sets)", elem_id="sweep-skills")
             items = gr.Number(DEFAULT_ITEMS, precision=0, minimum=1, label="items per skill and cell",
                               elem_id="sweep-items")
+            ray = facade.ray_address
+            on_ray = gr.Checkbox(False, label=f"run the cells on Ray ({ray})" if ray else "run the cells on Ray",
+                                 info=None if ray else "start the app with --ray local, auto or HEAD:6379 to use it",
+                                 interactive=ray is not None, elem_id="sweep-ray")
             with gr.Row():
                 run_button = gr.Button("Run sweep", variant="primary", elem_id="sweep-run", scale=3)
                 stop = gr.Button("Stop", variant="stop", elem_id="sweep-stop", scale=1)
@@ -96,7 +100,7 @@ def build(shared: Shared, merge: MergeTab) -> SweepTab:
             if values[second] and values[second] != NO_AXIS:
                 axes.append(AxisChoice(values[second], values[second_values]))
             job = facade.start(session_of(request), recipe, axes, skills=values[chosen] or [],
-                               items_per_skill=int(values[items] or DEFAULT_ITEMS))
+                               items_per_skill=int(values[items] or DEFAULT_ITEMS), on_ray=bool(values[on_ray]))
         except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
             yield {status: failed_line(message_of(exc))}
             raise
@@ -126,7 +130,7 @@ def build(shared: Shared, merge: MergeTab) -> SweepTab:
         return DEFAULT_VALUES.get(parameter, "")
 
     hidden: dict[str, Any] = {"api_visibility": "undocumented"}
-    inputs = merge.form | {shared.selection, first, first_values, second, second_values, chosen, items}
+    inputs = merge.form | {shared.selection, first, first_values, second, second_values, chosen, items, on_ray}
     running = run_button.click(run, inputs, [status, chart, table, result, csv], api_name="run_sweep", **JOB_EVENT)
     stop.click(stop_work, None, status, api_name="stop_sweep", queue=False, cancels=[running])
     use.click(use_cell, [result, row, shared.selection], [*merge.controls, merge.recipe, shared.tabs, merge.status],
