@@ -76,6 +76,14 @@ def test_abs_axis_spans_the_data_and_the_thresholds(report: DeltaReport, scope: 
     assert hi_r - lo_r < 5.5  # the old axis spanned 8.6 decades, most of them empty
 
 
+def test_decade_edges_are_exact_whatever_numpy_computes_powers_with() -> None:
+    # 10.0 ** np.linspace(-8, 0, 81) gave 9.999999999999999e-06 for 1e-5 with numpy 2.4's pow,
+    # which moved the bins of every |δ| >= 1e-5 selection (the test below failed there)
+    from fusion_ui.deltas.stats import BINS_PER_DECADE, display_edges
+
+    assert display_edges()[::BINS_PER_DECADE].tolist() == [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+
+
 def test_fit_log_range_rules(report: DeltaReport) -> None:
     bins = report.bins
     n = len(bins) - 1

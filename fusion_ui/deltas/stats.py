@@ -55,9 +55,19 @@ def pattern_values(dtype: torch.dtype) -> torch.Tensor:
 
 
 def display_edges() -> np.ndarray:
-    """Edges of the log-spaced display bins, 1e-8 … 1 (81 values)."""
-    n = (DISPLAY_HI_EXP - DISPLAY_LO_EXP) * BINS_PER_DECADE
-    return 10.0 ** np.linspace(DISPLAY_LO_EXP, DISPLAY_HI_EXP, n + 1)
+    """Edges of the log-spaced display bins, 1e-8 … 1 (81 values).
+
+    Each edge is parsed from its decimal form ``<10^(j/10)>e<decade>``, so the decade edges are
+    exactly 1e-8, 1e-7, … 1 and the others the correctly rounded product: ``10.0 **
+    np.linspace(...)`` gave 9.999999999999999e-06 for 1e-5 with some numpy builds, which moved
+    the bin every ``|δ| >= 1e-5`` test and figure range depends on.
+    """
+    edges = []
+    for decade in range(DISPLAY_LO_EXP, DISPLAY_HI_EXP):
+        for j in range(BINS_PER_DECADE):
+            edges.append(float(f"{10.0 ** (j / BINS_PER_DECADE)!r}e{decade}"))
+    edges.append(float(f"1e{DISPLAY_HI_EXP}"))
+    return np.array(edges)
 
 
 def display_bounds() -> tuple[np.ndarray, np.ndarray, list[str]]:
