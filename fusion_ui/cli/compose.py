@@ -10,9 +10,9 @@ models and the bridges. Light at import: torch loads in the functions.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from fusion_ui.cli.exporting import ProgressBar, stop_on_signals
+from fusion_ui.cli.scoring import ScoredModel, print_generations, print_scores
 from fusion_ui.cli.training import add_train_options, train_config
 from fusion_ui.errors import CancelledError
 
@@ -152,41 +152,23 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from fusion_ui.compose import load_composition
-    from fusion_ui.evals import evaluate, load_eval_set, score_table
+    from fusion_ui.evals import load_eval_set
 
     items = load_eval_set(args.data)
     model, tokenizer = load_composition(args.anchor, args.augment, args.bridges, device=args.device)
-    options = {
-        "device": args.device,
-        "batch_size": args.batch_size,
-        "with_perplexity": args.perplexity,
-    }
-    tables = [evaluate(model, tokenizer, items, model_name="composition", **options)]
+    rows = [ScoredModel("composition", model)]
     if not args.no_anchor:
-        tables.append(
-            evaluate(model.anchor, tokenizer, items, model_name="anchor alone", **options)
-        )
-    results = pd.concat(tables, ignore_index=True)
-    print(f"{args.metric} (%), {len(items)} item(s)")
-    print((score_table(results, args.metric) * 100).round(1).to_string())
-    if args.perplexity:
-        print("\nanswer-only perplexity")
-        print(score_table(results, "perplexity").round(3).to_string())
+        rows.append(ScoredModel("anchor alone", model.anchor))
+    print_scores(rows, tokenizer, items, metric=args.metric, perplexity=args.perplexity,
+                 batch_size=args.batch_size, device=args.device)  # fmt: skip
     return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from fusion_ui.compose import load_composition
-    from fusion_ui.evals import greedy_generate
 
     model, tokenizer = load_composition(args.anchor, args.augment, args.bridges, device=args.device)
-    texts = greedy_generate(
-        model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, device=args.device
-    )
-    for prompt, text in zip(args.prompt, texts, strict=True):
-        print(f"{prompt}{text}")
-    sys.stdout.flush()
+    print_generations(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                      device=args.device)  # fmt: skip
     return 0

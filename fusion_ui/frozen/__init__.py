@@ -1,6 +1,8 @@
 """Frozen-LM methods (Levine et al. 2022, "Standing on the Shoulders of Giant Frozen Language
 Models", arXiv 2204.10019): one LM stays frozen, small modules around it learn. This package
-holds input-dependent prompt tuning (ID-PT) and its baseline, plain prompt tuning. No Gradio here.
+holds input-dependent prompt tuning (ID-PT) and its baseline, plain prompt tuning, and the
+recursive LMs: textual (pass 1 writes candidates, a prompt-tuned pass 2 reads them) and neural
+(a trained connector feeds pass 1's last hidden states to pass 2). No Gradio here.
 
     from fusion_ui.frozen import prompt_model, train_prompt, save_prompt, load_prompted
     model = prompt_model(lm, tokenizer, "idpt", encoder=small, length=8)  # or "prompt"
@@ -9,6 +11,12 @@ holds input-dependent prompt tuning (ID-PT) and its baseline, plain prompt tunin
     model, tok = load_prompted("lm/", "prompt/")          # the encoder found from prompt.json
     greedy_generate(model, tok, ["key: abc ="])           # fusion_ui.evals runs it like any LM
     answer_nll(model, tok, items)                         # p(x) from the prompt only
+
+    rec = connector_model(lm)                             # neural recursion, zero-init connector
+    train_connector(rec, tokenizer, items); save_connector(rec, "conn/", tokenizer=tokenizer)
+    txt = textual_model(lm, tokenizer)                    # textual recursion (pass 1: lm)
+    train_textual(txt, items); save_recursive(txt, "rec/")
+    model, tok = load_frozen("lm/", "conn/")              # any of prompt/, conn/, rec/
 
 The names load on first use, so importing the package does not load torch.
 """
@@ -37,10 +45,34 @@ _LAZY = {
     "answer_nll": "fusion_ui.frozen.train",
     "train_frozen": "fusion_ui.frozen.train",
     "train_prompt": "fusion_ui.frozen.train",
+    "Connector": "fusion_ui.frozen.connector",
+    "ConnectorConfig": "fusion_ui.frozen.connector",
+    "ConnectorLM": "fusion_ui.frozen.connector",
+    "connector_model": "fusion_ui.frozen.connector",
+    "RecursionConfig": "fusion_ui.frozen.recursive",
+    "RecursiveLM": "fusion_ui.frozen.recursive",
+    "second_pass_text": "fusion_ui.frozen.recursive",
+    "ARTEFACT_KINDS": "fusion_ui.frozen.recursion_artefact",
+    "artefact_kind": "fusion_ui.frozen.recursion_artefact",
+    "attach_connector": "fusion_ui.frozen.recursion_artefact",
+    "attach_recursive": "fusion_ui.frozen.recursion_artefact",
+    "load_frozen": "fusion_ui.frozen.recursion_artefact",
+    "save_connector": "fusion_ui.frozen.recursion_artefact",
+    "save_recursive": "fusion_ui.frozen.recursion_artefact",
+    "RecursionRun": "fusion_ui.frozen.train_recursive",
+    "textual_model": "fusion_ui.frozen.train_recursive",
+    "train_connector": "fusion_ui.frozen.train_recursive",
+    "train_connector_run": "fusion_ui.frozen.train_recursive",
+    "train_textual": "fusion_ui.frozen.train_recursive",
+    "train_textual_run": "fusion_ui.frozen.train_recursive",
 }
 
 __all__ = [
+    "ARTEFACT_KINDS",
     "KINDS",
+    "Connector",
+    "ConnectorConfig",
+    "ConnectorLM",
     "FixedPrompt",
     "FrozenResult",
     "PromptCache",
@@ -49,15 +81,31 @@ __all__ = [
     "PromptInfo",
     "PromptedLM",
     "PromptedOutput",
+    "RecursionConfig",
+    "RecursionRun",
+    "RecursiveLM",
     "SoftPrompt",
     "answer_nll",
+    "artefact_kind",
+    "attach_connector",
     "attach_prompt",
+    "attach_recursive",
+    "connector_model",
+    "load_frozen",
     "load_prompted",
     "prompt_model",
     "read_prompt_info",
+    "save_connector",
     "save_prompt",
+    "save_recursive",
+    "second_pass_text",
+    "textual_model",
+    "train_connector",
+    "train_connector_run",
     "train_frozen",
     "train_prompt",
+    "train_textual",
+    "train_textual_run",
 ]
 
 if TYPE_CHECKING:
@@ -68,6 +116,12 @@ if TYPE_CHECKING:
         read_prompt_info,
         save_prompt,
     )
+    from fusion_ui.frozen.connector import (
+        Connector,
+        ConnectorConfig,
+        ConnectorLM,
+        connector_model,
+    )
     from fusion_ui.frozen.model import PromptCache, PromptedLM, PromptedOutput, prompt_model
     from fusion_ui.frozen.prompts import (
         KINDS,
@@ -76,7 +130,25 @@ if TYPE_CHECKING:
         PromptGenerator,
         SoftPrompt,
     )
+    from fusion_ui.frozen.recursion_artefact import (
+        ARTEFACT_KINDS,
+        artefact_kind,
+        attach_connector,
+        attach_recursive,
+        load_frozen,
+        save_connector,
+        save_recursive,
+    )
+    from fusion_ui.frozen.recursive import RecursionConfig, RecursiveLM, second_pass_text
     from fusion_ui.frozen.train import FrozenResult, answer_nll, train_frozen, train_prompt
+    from fusion_ui.frozen.train_recursive import (
+        RecursionRun,
+        textual_model,
+        train_connector,
+        train_connector_run,
+        train_textual,
+        train_textual_run,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -89,8 +89,16 @@ def save_prompt(
         "training": training or {},
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.prompt.state_dict().items()}
-    return write_artefact(target, tensors, info, force=force, tensors_file=TENSORS_FILE,
-                          config_file=CONFIG_FILE, format=FORMAT, kind="prompt")
+    return write_artefact(
+        target,
+        tensors,
+        info,
+        force=force,
+        tensors_file=TENSORS_FILE,
+        config_file=CONFIG_FILE,
+        format=FORMAT,
+        kind="prompt",
+    )
 
 
 def read_prompt_info(folder: str | os.PathLike[str]) -> PromptInfo:
@@ -124,28 +132,31 @@ def read_prompt_info(folder: str | os.PathLike[str]) -> PromptInfo:
         raise ModelSourceError(f"{file} cannot be read ({exc}); train the prompt again") from exc
 
 
+def check_lm_fits(want: ModelIdentity, width: int, lm: PreTrainedModel, *, what: str) -> None:
+    """Refuse an LM of another width (``width``: what the trained part reads and writes) or
+    other weights than ``want``, the LM the trained part (``what``: "prompt", "connector", ...)
+    was trained for."""
+    if width != hidden_size(lm):
+        raise IncompatibleModelsError(
+            f"hidden-size mismatch: this {what} was trained for {want.describe()}, an LM of width "
+            f"{width}, but the LM given is {hidden_size(lm)} wide; give the LM it "
+            f"was trained for, or train a new {what} for this one"
+        )
+    got = identify(lm)
+    if not same_model(want, got):
+        why = "another architecture" if want.config_sha256 != got.config_sha256 else "other weights"
+        raise IncompatibleModelsError(
+            f"this {what} was trained for another LM: the LM given ({got.describe()}) is not "
+            f"{want.describe()} ({why}); give the LM it was trained for, or train a new {what}"
+        )
+
+
 def check_prompt_fits(
     info: PromptInfo, lm: PreTrainedModel, encoder: PreTrainedModel | None
 ) -> None:
     """Refuse an LM (or encoder) of another width or other weights than the prompt's, naming
     which and what to give instead."""
-    if info.prompt.d_model != hidden_size(lm):
-        raise IncompatibleModelsError(
-            f"hidden-size mismatch: this prompt was trained for {info.lm.describe()}, an LM of width "
-            f"{info.prompt.d_model}, but the LM given is {hidden_size(lm)} wide; give the LM it "
-            "was trained for, or train a new prompt for this one"
-        )
-    got = identify(lm)
-    if not same_model(info.lm, got):
-        why = (
-            "another architecture"
-            if info.lm.config_sha256 != got.config_sha256
-            else "other weights"
-        )
-        raise IncompatibleModelsError(
-            f"this prompt was trained for another LM: the LM given ({got.describe()}) is not "
-            f"{info.lm.describe()} ({why}); give the LM it was trained for, or train a new prompt"
-        )
+    check_lm_fits(info.lm, info.prompt.d_model, lm, what="prompt")
     if info.encoder is None:
         return
     if encoder is None:
