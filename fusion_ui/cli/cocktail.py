@@ -14,9 +14,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fusion_ui.cli.exporting import ProgressBar, add_export_options, export_recipe, stop_on_signals
+from fusion_ui.cli.exporting import (
+    ProgressBar,
+    Stopped,
+    add_export_options,
+    export_recipe,
+    stop_on_signals,
+)
 from fusion_ui.dtypes import OUTPUT_DTYPES
-from fusion_ui.errors import CancelledError, ExportError, FusionError
+from fusion_ui.errors import ExportError, FusionError
 
 if TYPE_CHECKING:
     from fusion_ui.tune import CocktailResult
@@ -68,19 +74,13 @@ def run(args: argparse.Namespace) -> int:
     examples = load_eval_set(args.examples)
     with stop_on_signals() as stop:
         bar = ProgressBar("batch", "scoring")
-        try:
-            result = cocktail_weights(
-                candidates, examples, temperature=args.temperature, base=args.base,
-                base_floor=args.base_floor, device=args.device, batch_size=args.batch_size,
-                progress=bar, cancel=stop.cancel,
-            )
-        except (CancelledError, KeyboardInterrupt):
-            if not stop.stopped:
-                raise
-            bar.close()
-            return stop.exit_code("the weights were not computed, and nothing was written")
-        finally:
-            bar.close()
+        result = stop.run(bar, lambda: cocktail_weights(
+            candidates, examples, temperature=args.temperature, base=args.base,
+            base_floor=args.base_floor, device=args.device, batch_size=args.batch_size,
+            progress=bar, cancel=stop.cancel,
+        ), "the weights were not computed, and nothing was written")
+        if isinstance(result, Stopped):
+            return result.code
         for w in result.warnings:
             print(f"warning: {w}", file=sys.stderr)
         print(format_table(result))

@@ -15,10 +15,11 @@ import argparse
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from tqdm import tqdm
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from fusion_ui.recipe import Recipe
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+T = TypeVar("T")
 
 
 class SignalStop:
@@ -54,6 +56,26 @@ class SignalStop:
             raise RuntimeError("exit_code() asked before any stop signal")  # a bug, not a user error
         print(f"error: stopped by {signal.Signals(self.signum).name}: {what}", file=sys.stderr)
         return 128 + self.signum
+
+    def run(self, bar: ProgressBar, work: Callable[[], T], cancelled: str) -> T | Stopped:
+        """``work()`` with ``bar`` closed after it; a stop signal's cancel becomes :class:`Stopped`
+        (the message ``cancelled`` printed, the exit code kept), any other error propagates."""
+        try:
+            return work()
+        except (CancelledError, KeyboardInterrupt):
+            if not self.stopped:
+                raise
+            bar.close()
+            return Stopped(self.exit_code(cancelled))
+        finally:
+            bar.close()
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """A command's work ended by a stop signal: the exit code to return (130, 143)."""
+
+    code: int
 
 
 @contextmanager

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from fusion_ui.cli.exporting import ProgressBar, stop_on_signals
-from fusion_ui.errors import CancelledError, FusionError
+from fusion_ui.cli.exporting import ProgressBar, Stopped, stop_on_signals
+from fusion_ui.errors import FusionError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,8 +71,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = read_dataset(args.data, limit=args.limit)
     with stop_on_signals() as stop:
         bar = ProgressBar("example", f"{args.kind} statistics")
-        try:
-            result = compute_statistics(
+        result = stop.run(
+            bar,
+            lambda: compute_statistics(
                 args.kind,
                 args.model,
                 dataset,
@@ -84,16 +85,11 @@ def run(args: argparse.Namespace) -> int:
                 force=args.force,
                 progress=bar,
                 cancel=stop.cancel,
-            )
-        except (CancelledError, KeyboardInterrupt):
-            if not stop.stopped:
-                raise
-            bar.close()
-            return stop.exit_code(
-                f"the {args.kind} pass was cancelled, and nothing was written to {args.out}"
-            )
-        finally:
-            bar.close()
+            ),
+            f"the {args.kind} pass was cancelled, and nothing was written to {args.out}",
+        )
+        if isinstance(result, Stopped):
+            return result.code
     print(
         f"wrote {result.path}: {args.kind} statistics of {args.model} from {result.examples} example(s), "
         f"{result.tokens} token(s), {result.tensors} tensor(s), {result.nbytes / 1e6:.1f} MB, "
