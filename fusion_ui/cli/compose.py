@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from fusion_ui.cli.exporting import ProgressBar, stop_on_signals
+from fusion_ui.cli.exporting import ProgressBar, Stopped, stop_on_signals
 from fusion_ui.cli.scoring import ScoredModel, print_generations, print_scores
 from fusion_ui.cli.training import add_train_options, train_config
-from fusion_ui.errors import CancelledError
 
 # Defaults of the engine (not imported: torch); the others are fusion_ui.cli.training's
 DEFAULT_LR = 1e-3
@@ -118,8 +117,9 @@ def run_train(args: argparse.Namespace) -> int:
     config = train_config(args)
     with stop_on_signals() as stop:
         bar = ProgressBar("step", "training bridges")
-        try:
-            done = train_composition(
+        done = stop.run(
+            bar,
+            lambda: train_composition(
                 args.anchor,
                 args.augment,
                 items,
@@ -134,14 +134,11 @@ def run_train(args: argparse.Namespace) -> int:
                 force=args.force,
                 progress=bar,
                 cancel=stop.cancel,
-            )
-        except (CancelledError, KeyboardInterrupt):
-            if not stop.stopped:
-                raise
-            bar.close()
-            return stop.exit_code(f"training was cancelled, and nothing was written to {args.out}")
-        finally:
-            bar.close()
+            ),
+            f"training was cancelled, and nothing was written to {args.out}",
+        )
+        if isinstance(done, Stopped):
+            return done.code
     losses = done.result.losses
     print(
         f"trained {len(done.pairs)} bridge(s) at pairs {','.join(str(p) for p in done.pairs)} "

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import argparse
 
-from fusion_ui.cli.exporting import ProgressBar, stop_on_signals
+from fusion_ui.cli.exporting import ProgressBar, Stopped, stop_on_signals
 from fusion_ui.cli.scoring import ScoredModel, print_generations, print_scores
 from fusion_ui.cli.training import add_train_options, train_config
-from fusion_ui.errors import CancelledError
 
 # Defaults of fusion_ui.frozen.train.DEFAULT_CONFIG's lr, fusion_ui.frozen.prompts,
 # fusion_ui.frozen.connector and fusion_ui.frozen.recursive (not imported: torch)
@@ -187,15 +186,10 @@ def run_train(args: argparse.Namespace) -> int:
     config = train_config(args)
     with stop_on_signals() as stop:
         bar = ProgressBar("step", f"training {args.kind}")
-        try:
-            done = _train(args, items, config, bar, stop.cancel)
-        except (CancelledError, KeyboardInterrupt):
-            if not stop.stopped:
-                raise
-            bar.close()
-            return stop.exit_code(f"training was cancelled, and nothing was written to {args.out}")
-        finally:
-            bar.close()
+        done = stop.run(bar, lambda: _train(args, items, config, bar, stop.cancel),
+                        f"training was cancelled, and nothing was written to {args.out}")
+        if isinstance(done, Stopped):
+            return done.code
     losses = done.result.losses
     tasks = len({it.skill for it in items})
     if args.kind == "connector":
