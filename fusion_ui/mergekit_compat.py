@@ -18,6 +18,8 @@ the exported file states in comments:
   mergekit's ``della_linear`` is fusion_ui's ``della``. mergekit calls every kept share
   ``density``; fusion_ui's DARE methods declare ``drop_rate`` with ``density`` as its complement
   (``ParamSpec.complement``), so the conversion asks the method's parameters, not its name.
+- Kept counts: TIES' trim and breadcrumbs keep round(density·n) elements in fusion_ui and
+  ⌊density·n⌋ in mergekit (and PEFT); imports floor (``count_rounding: floor``).
 - Model Stock: fusion_ui keeps the base (t = 0) where the fine-tunes' mean cosine is negative;
   mergekit extrapolates, and imports do (``clamp_negative: false``). ``filter_wise`` is the same.
 - Filter lists: read as mergekit does (first match wins, ``"*"`` or no filter is a catch-all,
@@ -77,6 +79,8 @@ _MK_METHOD_NOTES = {
     "sce": "sce: where select_topk keeps ⌊n·select_topk⌋ = 0 elements of a tensor, fusion_ui keeps its "
            "most-varying one and mergekit none (the tensor stays the base's)",
 }
+# Methods whose kept-element counts mergekit floors (⌊density·n⌋; fusion_ui rounds by default).
+_MK_FLOOR_COUNTS = {"ties", "breadcrumbs", "breadcrumbs_ties"}
 # Methods whose mergekit definition reads no per-model weight (a weight given is ignored there).
 _MK_UNWEIGHTED = {"model_stock"}
 # Top-level keys that change mergekit's output and that fusion_ui does not do yet: refused, never
@@ -172,6 +176,8 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
         g_params.setdefault("normalize", _MK_NORMALIZE[mk_method])
     if mk_method == "model_stock":
         g_params.setdefault("clamp_negative", False)  # mergekit extrapolates on negative cosines
+    if mk_method in _MK_FLOOR_COUNTS:
+        g_params.setdefault("count_rounding", "floor")  # mergekit keeps ⌊density·n⌋ elements
     rescale = method.capabilities.rescale
     if mk_method in _MK_RESCALES and rescale is not None:  # mergekit: a bool, L1 when true
         g_params[rescale] = "l1" if g_params.pop("rescale", True) else "none"
@@ -243,6 +249,12 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
                     "only match the L1 norm (rescale: true), so results differ slightly"
                 )
             gparams["rescale"] = value != "none"
+        elif spec.name == "count_rounding":
+            if value != "floor":
+                notes.append(
+                    f"{method.name}: fusion_ui keeps round(density·n) elements of each delta, mergekit "
+                    "⌊density·n⌋ (count_rounding: floor matches it), so a few boundary elements differ"
+                )
         elif method.name == "model_stock" and spec.name == "clamp_negative":
             if value:
                 notes.append(

@@ -144,12 +144,21 @@ def rank_band_mask(magnitude: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     return keep.view(magnitude.shape)
 
 
-def keep_count(numel: int, density: float) -> int:
-    """How many elements a density keeps: rounded, and never zero for a non-empty tensor."""
-    return min(numel, max(1, round(density * numel))) if numel else 0
+Rounding = Literal["round", "floor"]
 
 
-def magnitude_prune(delta: torch.Tensor, density: float, *, rescale: Rescale = "none") -> torch.Tensor:
+def keep_count(numel: int, density: float, rounding: Rounding = "round") -> int:
+    """How many elements a density keeps: ``density·n`` rounded (fusion_ui) or floored (mergekit
+    and PEFT), and never zero for a non-empty tensor."""
+    if not numel:
+        return 0
+    count = round(density * numel) if rounding == "round" else int(density * numel)
+    return min(numel, max(1, count))
+
+
+def magnitude_prune(
+    delta: torch.Tensor, density: float, *, rescale: Rescale = "none", rounding: Rounding = "round"
+) -> torch.Tensor:
     """Keep the ``density`` fraction of largest-|δ| elements (TIES' trim; DARE paper's ablation).
 
     ``"inverse"`` rescale divides by ``density``, as DARE does for its random drop.
@@ -157,7 +166,7 @@ def magnitude_prune(delta: torch.Tensor, density: float, *, rescale: Rescale = "
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
     n = delta.numel()
-    k = keep_count(n, density)
+    k = keep_count(n, density, rounding)
     if k == n:
         return delta.clone()
     keep = rank_band_mask(delta.abs(), n - k, n)
@@ -165,19 +174,27 @@ def magnitude_prune(delta: torch.Tensor, density: float, *, rescale: Rescale = "
 
 
 def breadcrumbs(
-    delta: torch.Tensor, density: float, gamma: float, *, rescale: Rescale = "none"
+    delta: torch.Tensor, density: float, gamma: float, *, rescale: Rescale = "none",
+    rounding: Rounding = "round",
 ) -> torch.Tensor:
     """Model Breadcrumbs: drop the largest ``gamma`` and the smallest ``1 - density - gamma`` of |δ|.
 
     When ``density + gamma > 1`` fewer large outliers are dropped so that ``density`` is met.
+    ``rounding="floor"`` counts as mergekit does: ⌊density·n⌋ kept (possibly none), ⌊γ·n⌋ outliers.
     """
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
     if not 0.0 <= gamma < 1.0:
         raise ValueError(f"gamma must be in [0, 1), got {gamma}")
     n = delta.numel()
-    n_keep = keep_count(n, density)
-    n_top = min(round(gamma * n), n - n_keep)
+    if density == 1.0:
+        return delta.clone()  # mergekit returns the delta as it is, whatever γ
+    if rounding == "floor":
+        n_keep = min(n, int(density * n))
+        n_top = min(int(gamma * n), n - n_keep)
+    else:
+        n_keep = keep_count(n, density)
+        n_top = min(round(gamma * n), n - n_keep)
     n_bottom = n - n_keep - n_top
     keep = rank_band_mask(delta.abs(), n_bottom, n - n_top)
     return rescale_masked(delta, delta * keep, rescale, n_keep / n if n else 1.0)

@@ -56,6 +56,11 @@ EPSILON = ParamSpec(
     "epsilon", 0.15, per_model=True, minimum=0.0, maximum=0.5,
     label="ε (spread)", help="Keep probability ranges over density ± ε, rising with |δ| rank in each row.",
 )
+COUNT_ROUNDING = ParamSpec(
+    "count_rounding", "round", kind="choice", choices=("round", "floor"),
+    label="kept count",
+    help="How density·n becomes a count of kept elements: round (fusion_ui) or floor (mergekit, PEFT).",
+)
 PRUNE_DROP_RATE = ParamSpec(
     "drop_rate", 0.9, per_model=True, minimum=0.0, maximum=1.0, max_inclusive=False,
     label="drop rate p", help="Share of the smallest-|δ| elements of this model's delta dropped.",
@@ -113,13 +118,13 @@ class TaskArithmeticFamily(MergeMethod):
         if s == "none":
             return delta
         if s == "magnitude":
-            return magnitude_prune(delta, mp["density"])
+            return magnitude_prune(delta, mp["density"], rounding=ctx.params.get("count_rounding", "round"))
         if s == "dare":
             return dare(delta, mp["drop_rate"], ctx.key(i), rescale=ctx.params["rescale"])
         if s == "magnitude_prune":
             return magnitude_prune(delta, 1.0 - mp["drop_rate"], rescale=ctx.params["rescale"])
         if s == "breadcrumbs":
-            return breadcrumbs(delta, mp["density"], mp["gamma"])
+            return breadcrumbs(delta, mp["density"], mp["gamma"], rounding=ctx.params.get("count_rounding", "round"))
         if s == "della":
             return della(delta, mp["density"], mp["epsilon"], ctx.key(i), rescale=ctx.params["rescale"])
         raise ValueError(f"unknown sparsifier {s!r}; expected one of {SPARSIFIERS}")  # refused in __init__
@@ -181,8 +186,10 @@ class TaskArithmeticFamily(MergeMethod):
                     elif rescale == "l1":
                         l1_models.append(i)
             elif self.sparsifier in ("magnitude", "magnitude_prune"):
-                density = mp["density"] if self.sparsifier == "magnitude" else 1.0 - mp["drop_rate"]
-                k = keep_count(n, density)
+                if self.sparsifier == "magnitude":
+                    k = keep_count(n, mp["density"], ctx.params.get("count_rounding", "round"))
+                else:
+                    k = keep_count(n, 1.0 - mp["drop_rate"])
                 if k < n:
                     mode[i], topk[i] = cpu.SPARSE_TOPK, k
                     if self.sparsifier == "magnitude_prune" and rescale == "inverse":
@@ -236,7 +243,7 @@ TASK_ARITHMETIC_METHODS: tuple[TaskArithmeticFamily, ...] = (
     ),
     _family(
         "ties", "TIES", "Trim each delta to its top-k, elect a sign per element, average the agreeing deltas.",
-        _TIES_REF, "magnitude", True, (_TIES_DENSITY,),
+        _TIES_REF, "magnitude", True, (_TIES_DENSITY, COUNT_ROUNDING),
     ),
     _family(
         "dare_linear", "DARE + task arithmetic", "Drop each delta element with probability p, rescale by 1/(1-p), add up.",
@@ -253,12 +260,14 @@ TASK_ARITHMETIC_METHODS: tuple[TaskArithmeticFamily, ...] = (
     _family(
         "breadcrumbs", "Model Breadcrumbs", "Drop the largest γ and the smallest deltas, keep the middle band, add up.",
         _BREAD_REF, "breadcrumbs", False,
-        (density_spec(0.9, "Share of delta elements kept after removing outliers and the smallest."), GAMMA),
+        (density_spec(0.9, "Share of delta elements kept after removing outliers and the smallest."), GAMMA,
+         COUNT_ROUNDING),
     ),
     _family(
         "breadcrumbs_ties", "Model Breadcrumbs + TIES", "Breadcrumbs' band, then TIES' sign election and disjoint mean.",
         _BREAD_REF, "breadcrumbs", True,
-        (density_spec(0.9, "Share of delta elements kept after removing outliers and the smallest."), GAMMA),
+        (density_spec(0.9, "Share of delta elements kept after removing outliers and the smallest."), GAMMA,
+         COUNT_ROUNDING),
     ),
     _family(
         "della", "DELLA", "Random drop whose keep probability rises with |δ| rank in each row, rescaled, added up.",

@@ -66,6 +66,22 @@ CASES: dict[str, dict[str, dict[str, Any]]] = {
                    "models": [{"model": "{ft0}"}, {"model": "{ft1}"}, {"model": "{ft2}"}],
                    "parameters": {"select_topk": 0.1}},
     },
+    "ties": {
+        # density·n is not whole for most tensors: mergekit floors the kept count
+        "trim": {"merge_method": "ties", "base_model": "{base}", "dtype": "float32",
+                 "models": [{"model": "{ft0}", "parameters": {"weight": 0.5, "density": 0.3}},
+                            {"model": "{ft1}", "parameters": {"weight": 0.3, "density": 0.45}},
+                            {"model": "{ft2}", "parameters": {"weight": 0.2, "density": 0.7}}]},
+    },
+    "breadcrumbs": {
+        "band": {"merge_method": "breadcrumbs", "base_model": "{base}", "dtype": "float32",
+                 "models": [{"model": "{ft0}", "parameters": {"weight": 0.5, "density": 0.6, "gamma": 0.1}},
+                            {"model": "{ft1}", "parameters": {"weight": 0.5, "density": 0.35, "gamma": 0.15}}]},
+        "ties": {"merge_method": "breadcrumbs_ties", "base_model": "{base}", "dtype": "float32",
+                 "models": [{"model": "{ft0}", "parameters": {"weight": 0.4, "density": 0.6, "gamma": 0.1}},
+                            {"model": "{ft1}", "parameters": {"weight": 0.3, "density": 0.5, "gamma": 0.05}},
+                            {"model": "{ft2}", "parameters": {"weight": 0.3, "density": 0.8, "gamma": 0.3}}]},
+    },
     "model_stock": {
         # one t per tensor; the hashed deltas' mean cosines are small and of either sign, so
         # mergekit's extrapolation on negative ones is exercised
