@@ -10,13 +10,19 @@ Training bridges is :func:`fusion_ui.compose.train_composition` run as a job thr
 :class:`~fusion_ui.app.training.TrainingJobs` (a live loss history, Stop at the next step, the
 bridges written atomically into the session's workspace only when the run ends); the folder it
 writes is then one of the bridges to score and generate with.
+
+What the bridges read (:meth:`ComposeFacade.start_reading`) records, for one prompt and CALM's
+answer, each bridge's cross-attention and how much it adds per token; the layer diagram shows
+which m_A block feeds which m_B block.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -28,6 +34,10 @@ from fusion_ui.errors import FusionError, InputError
 from fusion_ui.evals import EvalItem, evaluate, greedy_generate, load_eval_set
 from fusion_ui.progress import CancelToken, ProgressCallback, report
 from fusion_ui.runtime.jobs import Job, JobContext
+from fusion_ui.tensor_names import num_layers_from_config
+
+if TYPE_CHECKING:
+    from fusion_ui.compose import BridgeAttention, BridgesInfo
 
 ROLES = ("m_A", "m_B", "CALM")  # the augmenting model alone, the anchor alone, the composition
 DEFAULT_ITEMS = 50  # per eval set and model
@@ -37,6 +47,10 @@ MARKER = "bridges.json"
 TRAIN_STEPS = 300  # about 25 s on one CPU core for the demo pair: the loss falls from ~2 to ~0.5
 TRAIN_LR = 3e-3  # what the shipped demo bridges were trained with
 TRAIN_BATCH = 16
+# The "What the bridges read" example: a held-out KV-arithmetic item (its keys are outside the
+# 20 % the bridges were trained on) that the demo's CALM answers (14) and neither model alone does.
+READ_PROMPT = "jix + pxx ="
+READ_TOKENS = 4  # greedy answer tokens read after the prompt
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,20 @@ class TrainedBridges:
     losses: tuple[float, ...]
     seconds: float
     trainable: int  # the bridges' parameters
+
+
+@dataclass(frozen=True)
+class BridgesRead:
+    """What "What the bridges read" gives: the recorded reading, and the demo's answer to the
+    prompt when it is one of the demo's items."""
+
+    reading: BridgeAttention
+    expected: str | None  # the demo sets' answer, stripped; None for any other prompt
+
+    @property
+    def right(self) -> bool | None:
+        """Whether CALM's answer is the demo's (None when the prompt is no demo item)."""
+        return None if self.expected is None else self.reading.answer.strip() == self.expected
 
 
 class ComposeFacade:
@@ -117,12 +145,7 @@ class ComposeFacade:
     def start_generation(self, session: str, pair: Composition, prompt: str, *,
                          max_new_tokens: int = 16) -> Job[dict[str, str]]:
         """Greedy answers of m_A, m_B and CALM to one prompt, as a job."""
-        text = (prompt or "").strip()
-        if not text:
-            raise InputError("type a prompt, e.g. `hpg + amy =`")
-        if len(text) > self.context.limits.max_prompt_chars:
-            raise InputError(f"the prompt is {len(text)} characters; the app takes up to "
-                             f"{self.context.limits.max_prompt_chars}")
+        text = self._prompt(prompt)
         if not 1 <= int(max_new_tokens) <= self.context.limits.max_new_tokens:
             raise InputError(f"new tokens must be from 1 to {self.context.limits.max_new_tokens}")
         check(pair)
@@ -137,6 +160,75 @@ class ComposeFacade:
             return out
 
         return self.context.submit(session, "compose-generate", run, label="CALM generation")
+
+    # -- what the bridges read ----------------------------------------------------------------
+
+    def start_reading(self, session: str, pair: Composition, prompt: str, *,
+                      max_new_tokens: int = READ_TOKENS) -> Job[BridgesRead]:
+        """Each bridge's cross-attention weights and contribution for one prompt and CALM's greedy
+        answer to it (:func:`fusion_ui.compose.read_bridges`), as a job."""
+        text = self._prompt(prompt)
+        if not 0 <= int(max_new_tokens) <= self.context.limits.max_new_tokens:
+            raise InputError(f"answer tokens must be from 0 to {self.context.limits.max_new_tokens}")
+        check(pair)
+        expected = self.expected_answer(text)
+
+        def run(ctx: JobContext) -> BridgesRead:
+            from fusion_ui.compose import load_composition, read_bridges
+
+            calm, tokenizer = load_composition(pair.anchor, pair.augment, pair.bridges, device=self.context.device)
+            ctx.check()
+            return BridgesRead(read_bridges(calm, tokenizer, text, max_new_tokens=int(max_new_tokens)), expected)
+
+        return self.context.submit(session, "compose-read", run, label="bridges reading")
+
+    def expected_answer(self, prompt: str) -> str | None:
+        """The demo sets' answer to ``prompt`` (stripped), or None when it is none of their items."""
+        text = prompt.strip()
+        for path in self.eval_sets().values():
+            for item in load_eval_set(path):
+                if item.prompt.strip() == text:
+                    return item.answer.strip()
+        return None
+
+    @staticmethod
+    def attention_chart(read: BridgesRead, *, head: int | None = None) -> go.Figure:
+        return figures.bridge_attention_chart(read.reading, head=head)
+
+    @staticmethod
+    def layer_diagram(bridges: str) -> go.Figure | None:
+        """Which m_A block feeds which m_B block in the bridges of ``bridges`` (a folder); None when
+        the folder holds no readable bridges.json (nothing to draw yet)."""
+        info = _bridges_info(bridges)
+        if info is None:
+            return None
+        return figures.bridge_layer_diagram(info.bridges.pairs, info.augment.num_layers, info.anchor.num_layers)
+
+    @staticmethod
+    def bridge_heads(bridges: str) -> int:
+        """The cross-attention heads of the bridges of ``bridges`` (0 when it holds none)."""
+        info = _bridges_info(bridges)
+        return info.bridges.heads if info is not None else 0
+
+    def planned_layer_diagram(self, anchor: str, augment: str, pairs: str) -> go.Figure | None:
+        """The layer pairs typed for a training run (empty: the demo bridges' pairs, else the
+        engine's default for the two depths), drawn over the two models' blocks. None while the
+        text is not yet pairs inside both models, or a model is not a local folder with a
+        config.json (a hub model's depth is known once it is loaded)."""
+        from fusion_ui.compose import default_pairs, parse_pairs
+        from fusion_ui.compose.bridges import check_pairs
+
+        depths = [_depth(ref) for ref in (augment, anchor)]
+        if None in depths:
+            return None
+        n_augment, n_anchor = depths
+        text = (pairs or "").strip() or self.demo_pairs()
+        try:
+            chosen = parse_pairs(text) if text else default_pairs(n_augment, n_anchor)
+            check_pairs(chosen, n_augment, n_anchor)
+        except FusionError:
+            return None
+        return figures.bridge_layer_diagram(chosen, n_augment, n_anchor, planned=True)
 
     # -- training bridges ---------------------------------------------------------------------
 
@@ -212,11 +304,41 @@ class ComposeFacade:
         wide = (100 * wide.reindex([r for r in ROLES if r in wide.index])).round(1)
         return wide.reset_index().rename_axis(columns=None)
 
+    def _prompt(self, prompt: str) -> str:
+        text = (prompt or "").strip()
+        if not text:
+            raise InputError("type a prompt, e.g. `hpg + amy =`")
+        if len(text) > self.context.limits.max_prompt_chars:
+            raise InputError(f"the prompt is {len(text)} characters; the app takes up to "
+                             f"{self.context.limits.max_prompt_chars}")
+        return text
+
     def _load(self, pair: Composition) -> tuple[dict[str, object], object]:
         from fusion_ui.compose import load_composition
 
         calm, tokenizer = load_composition(pair.anchor, pair.augment, pair.bridges, device=self.context.device)
         return {"m_A": calm.augment, "m_B": calm.anchor, "CALM": calm}, tokenizer
+
+
+def _bridges_info(bridges: str) -> BridgesInfo | None:
+    from fusion_ui.compose import read_bridges_info
+
+    folder = (bridges or "").strip()
+    if not folder:
+        return None
+    try:
+        return read_bridges_info(folder)
+    except FusionError:
+        return None
+
+
+def _depth(ref: str) -> int | None:
+    """Decoder blocks of a local model folder, from its config.json (None if it is not one)."""
+    file = Path((ref or "").strip() or "/nonexistent").expanduser() / "config.json"
+    try:
+        return num_layers_from_config(json.loads(file.read_text()))
+    except (OSError, ValueError):
+        return None
 
 
 def check(pair: Composition) -> None:
@@ -229,4 +351,5 @@ def check(pair: Composition) -> None:
         raise InputError(f"{pair.bridges} holds no bridges.json: give a folder written by `fusion-ui compose train`")
 
 
-__all__ = ["DEFAULT_ITEMS", "ROLES", "TRAIN_BATCH", "TRAIN_LR", "TRAIN_STEPS", "BridgesTraining", "ComposeFacade", "Composition", "TrainedBridges"]
+__all__ = ["DEFAULT_ITEMS", "READ_PROMPT", "READ_TOKENS", "ROLES", "TRAIN_BATCH", "TRAIN_LR", "TRAIN_STEPS",
+           "BridgesRead", "BridgesTraining", "ComposeFacade", "Composition", "TrainedBridges"]

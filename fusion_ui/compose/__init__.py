@@ -7,6 +7,7 @@ joined by small trained bridges. No Gradio here.
     save_bridges(model, "bridges/", tokenizer=tokenizer) # bridges.safetensors + bridges.json
     model, tok = load_composition("anchor/", "augment/", "bridges/")
     greedy_generate(model, tok, ["key: abc ="])          # fusion_ui.evals runs it like any LM
+    read_bridges(model, tok, "key: abc =")               # what each bridge attends, per token
 
 The names load on first use, so importing the package does not load torch.
 """
@@ -18,7 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 _LAZY = {
     "Bridge": "fusion_ui.compose.bridges",
+    "BridgeAttention": "fusion_ui.compose.attention",
+    "read_bridges": "fusion_ui.compose.attention",
+    "recording": "fusion_ui.compose.attention",
     "BridgeConfig": "fusion_ui.compose.bridges",
+    "BridgeReading": "fusion_ui.compose.bridges",
     "Bridges": "fusion_ui.compose.bridges",
     "LayerPair": "fusion_ui.compose.bridges",
     "default_pairs": "fusion_ui.compose.bridges",
@@ -41,7 +46,9 @@ _LAZY = {
 
 __all__ = [
     "Bridge",
+    "BridgeAttention",
     "BridgeConfig",
+    "BridgeReading",
     "Bridges",
     "BridgesInfo",
     "CalmCache",
@@ -56,7 +63,9 @@ __all__ = [
     "default_pairs",
     "load_composition",
     "parse_pairs",
+    "read_bridges",
     "read_bridges_info",
+    "recording",
     "save_bridges",
     "train_bridges",
     "train_composition",
@@ -71,9 +80,11 @@ if TYPE_CHECKING:
         read_bridges_info,
         save_bridges,
     )
+    from fusion_ui.compose.attention import BridgeAttention, read_bridges, recording
     from fusion_ui.compose.bridges import (
         Bridge,
         BridgeConfig,
+        BridgeReading,
         Bridges,
         LayerPair,
         default_pairs,

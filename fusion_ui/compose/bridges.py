@@ -15,7 +15,7 @@ module holds the modules and the choice of pairs; running the two models is
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,6 +25,16 @@ from torch import nn
 from fusion_ui.errors import RecipeError
 
 DEFAULT_EVERY = 4  # the paper's choice: every 4th layer of m_A
+
+
+@dataclass(frozen=True)
+class BridgeReading:
+    """What one bridge attended in one call (recorded only on request, see
+    :func:`fusion_ui.compose.attention.recording`)."""
+
+    weights: torch.Tensor  # (B, H, T, S) float32: anchor queries x augmenting keys, rows sum to 1
+    added: torch.Tensor  # (B, T): ||f_cross output|| at each anchor position
+    anchor: torch.Tensor  # (B, T): ||m_B hidden state|| there, before the bridge's output is added
 
 
 @dataclass(frozen=True)
@@ -162,6 +172,9 @@ class Bridge(nn.Module):
         self.value = nn.Linear(d_anchor, d_anchor, bias=False)
         self.out = nn.Linear(d_anchor, d_anchor, bias=False)
         nn.init.zeros_(self.out.weight)  # step 0 is the anchor exactly
+        # Set only inside fusion_ui.compose.attention.recording(): called with what each call
+        # attended, after the output is computed the usual way (that output is not changed).
+        self.recorder: Callable[[BridgeReading], None] | None = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -193,7 +206,30 @@ class Bridge(nn.Module):
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, T, d/H)
         b, _, t, _ = y.shape
         y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, d_B)
-        return self.out(y).to(h_anchor.dtype)
+        delta = self.out(y).to(h_anchor.dtype)
+        if self.recorder is not None:
+            self.recorder(self._reading(q, keys, mask, delta, h_anchor))
+        return delta
+
+    @torch.no_grad()
+    def _reading(
+        self,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        mask: torch.Tensor,
+        delta: torch.Tensor,
+        h_anchor: torch.Tensor,
+    ) -> BridgeReading:
+        """The softmax weights of this call, worked out again beside the fused attention (which
+        does not return them), and the sizes of what was added and of what it was added to."""
+        scale = 1.0 / math.sqrt(q.shape[-1])  # scaled_dot_product_attention's default
+        scores = (q.float() @ keys.float().transpose(-1, -2)) * scale  # (B, H, T, S)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        return BridgeReading(
+            weights=scores.softmax(-1).detach().cpu(),
+            added=delta.float().norm(dim=-1).detach().cpu(),
+            anchor=h_anchor.float().norm(dim=-1).detach().cpu(),
+        )
 
 
 class Bridges(nn.Module):

@@ -4,6 +4,7 @@ Shared by the browser app and the CLI's self-contained HTML reports. One palette
 (:data:`OKABE_ITO`) and one title layout (:mod:`fusion_ui.figures.style`) for all of them.
 """
 
+from fusion_ui.figures.calm import bridge_attention_chart, bridge_layer_diagram
 from fusion_ui.figures.cocktail import cocktail_chart
 from fusion_ui.figures.deltas import (
     dare_preview_histogram,
@@ -23,6 +24,8 @@ from fusion_ui.figures.warm import warm_up
 __all__ = [
     "HEATMAP_SCALE",
     "OKABE_ITO",
+    "bridge_attention_chart",
+    "bridge_layer_diagram",
     "cocktail_chart",
     "dare_preview_histogram",
     "delta_histogram",

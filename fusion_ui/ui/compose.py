@@ -6,6 +6,8 @@ folder written by ``fusion-ui compose train`` work too. **Score** runs m_A, m_B 
 demo's held-out sets; **Generate** answers one prompt with each. **Train bridges** trains fresh
 bridges for the pair on a composition set (the demo's KV-arithmetic rows preselected) with a live
 loss curve and Stop; the folder it writes becomes the bridges scored and generated with.
+**What the bridges read** shows, for one prompt and CALM's answer, each bridge's cross-attention
+(a heatmap per bridge) and how much it adds per token, beside a diagram of the layers bridged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import pandas as pd
 
 from fusion_ui.app.compose import (
     DEFAULT_ITEMS,
+    READ_PROMPT,
+    READ_TOKENS,
     ROLES,
     TRAIN_BATCH,
     TRAIN_LR,
@@ -28,6 +32,7 @@ from fusion_ui.app.compose import (
 )
 from fusion_ui.ui.shared import (
     JOB_EVENT,
+    QUICK,
     Shared,
     failed_line,
     follow_into,
@@ -38,6 +43,11 @@ from fusion_ui.ui.shared import (
 )
 
 NOTHING_WRITTEN = "Nothing was written: bridges are saved only when their run ends."
+MEAN_HEAD = -1  # the heads dropdown's "mean" (over all heads)
+
+
+def head_choices(heads: int) -> list[tuple[str, int]]:
+    return [("mean", MEAN_HEAD)] + [(f"head {h}", h) for h in range(heads)]
 
 
 def build(shared: Shared) -> None:
@@ -64,7 +74,8 @@ def build(shared: Shared) -> None:
                                         elem_id="compose-train-data")
                 with gr.Row():
                     train_pairs = gr.Textbox(facade.demo_pairs(), label="layer pairs m_A:m_B",
-                                             info="Empty: the engine's default pairs.", elem_id="compose-train-pairs")
+                                             info="Empty: the demo bridges' pairs (else the engine's default); drawn below.",
+                                             elem_id="compose-train-pairs")
                     train_steps = gr.Number(TRAIN_STEPS, precision=0, minimum=1, label="steps",
                                             elem_id="compose-train-steps")
                     train_lr = gr.Number(TRAIN_LR, label="learning rate", elem_id="compose-train-lr")
@@ -75,7 +86,10 @@ def build(shared: Shared) -> None:
                     train = gr.Button("Train bridges", variant="primary", elem_id="compose-train", scale=3)
                     train_stop = gr.Button("Stop", variant="stop", elem_id="compose-train-stop", scale=1)
                 train_status = gr.Markdown("", elem_id="compose-train-status", elem_classes="status")
-        curve = gr.Plot(show_label=False, elem_id="compose-curve")
+        with gr.Row(equal_height=False):
+            curve = gr.Plot(show_label=False, elem_id="compose-curve", scale=3)
+            planned = gr.Plot(facade.planned_layer_diagram(pair.anchor, pair.augment, facade.demo_pairs()),
+                              show_label=False, elem_id="compose-train-layers", scale=2)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             chosen = gr.CheckboxGroup(tasks, value=tasks, label="Score on (the CALM demo's held-out sets)",
@@ -93,6 +107,24 @@ def build(shared: Shared) -> None:
         generate = gr.Button("Generate with each", elem_id="compose-generate", scale=1)
     with gr.Row():
         outputs = [gr.Textbox("", label=role, interactive=False, elem_id=f"compose-out-{role}") for role in ROLES]
+    gr.Markdown("### What the bridges read", elem_id="compose-read-heading")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            gr.Markdown("For one prompt and CALM's greedy answer: which m_A tokens each anchor token reads through "
+                        "each bridge, and how much each bridge adds there. The example is a held-out item (its keys "
+                        "were not in the bridges' training set).")
+            with gr.Row():
+                read_prompt = gr.Textbox(READ_PROMPT, label="prompt", elem_id="compose-read-prompt", scale=3)
+                read_tokens = gr.Number(READ_TOKENS, precision=0, minimum=0, label="answer tokens",
+                                        elem_id="compose-read-tokens", scale=1)
+                read_head = gr.Dropdown(head_choices(facade.bridge_heads(pair.bridges)), value=MEAN_HEAD,
+                                        label="heads", elem_id="compose-read-head", scale=1)
+            read = gr.Button("Show what the bridges read", variant="primary", elem_id="compose-read")
+            read_status = gr.Markdown("", elem_id="compose-read-status", elem_classes="status")
+            read_answer = gr.Textbox("", label="CALM's answer", interactive=False, elem_id="compose-read-answer")
+        with gr.Column(scale=2):
+            layers = gr.Plot(facade.layer_diagram(pair.bridges), show_label=False, elem_id="compose-layers")
+    attention = gr.Plot(show_label=False, elem_id="compose-attention")
 
     @user_errors
     def run_scores(a: str, m: str, b: str, picked: list[str], n: float, request: gr.Request) -> Iterator[dict[Any, Any]]:
@@ -124,6 +156,27 @@ def build(shared: Shared) -> None:
         yield from follow_into(job, status, "generating", done)
 
     @user_errors
+    def run_reading(a: str, m: str, b: str, text: str, n: float, head: int | None,
+                    request: gr.Request) -> Iterator[dict[Any, Any]]:
+        try:
+            job = facade.start_reading(session_of(request), Composition(a, m, b), text,
+                                       max_new_tokens=int(READ_TOKENS if n is None else n))
+        except Exception as exc:  # noqa: BLE001
+            yield {read_status: failed_line(message_of(exc))}
+            raise
+
+        def done(read: Any, view: Any) -> dict[Any, Any]:
+            answer = read.reading.answer.strip()
+            verdict = "" if read.right is None else " (right)" if read.right else \
+                f" (the demo's answer: {html.escape(read.expected or '')})"
+            line = (f'<span class="ok-dot"></span> Read {len(read.reading.pairs)} bridges over '
+                    f"{len(read.reading.tokens)} tokens in {view.seconds:.1f} s{verdict}.")
+            shown = None if head is None or int(head) == MEAN_HEAD else int(head)
+            return {read_status: line, read_answer: answer, attention: facade.attention_chart(read, head=shown)}
+
+        yield from follow_into(job, read_status, "reading the bridges", done)
+
+    @user_errors
     def run_training(a: str, m: str, file: str, pairs: str, n: float, rate: float, batch: float,
                      request: gr.Request) -> Iterator[dict[Any, Any]]:
         session = session_of(request)
@@ -146,6 +199,11 @@ def build(shared: Shared) -> None:
                                stopped_note=NOTHING_WRITTEN,
                                live=lambda view: {curve: facade.curve(job)})
 
+    @user_errors
+    def bridges_changed(folder: str) -> dict[Any, Any]:
+        return {layers: facade.layer_diagram(folder),
+                read_head: gr.update(choices=head_choices(facade.bridge_heads(folder)), value=MEAN_HEAD)}
+
     stop_work = stop_handler(shared.engine)
 
     scoring = score.click(run_scores, [anchor, augment, bridges, chosen, items], [status, chart, table],
@@ -154,7 +212,16 @@ def build(shared: Shared) -> None:
                                 api_name="compose_generate", **JOB_EVENT)
     prompt.submit(run_generation, [anchor, augment, bridges, prompt], [status, *outputs],
                   api_name="compose_generate_enter", **JOB_EVENT)
-    stop.click(stop_work, None, status, api_name="stop_compose", queue=False, cancels=[scoring, generating])
+    reading_inputs = [anchor, augment, bridges, read_prompt, read_tokens, read_head]
+    reading_outputs = [read_status, read_answer, attention]
+    reading = read.click(run_reading, reading_inputs, reading_outputs, api_name="compose_read", **JOB_EVENT)
+    read_prompt.submit(run_reading, reading_inputs, reading_outputs, api_name="compose_read_enter", **JOB_EVENT)
+    read_head.input(run_reading, reading_inputs, reading_outputs, api_name="compose_read_head", **JOB_EVENT)
+    bridges.change(bridges_changed, bridges, [layers, read_head], api_name="compose_layers", **QUICK)
+    # the diagram of the pairs to train redraws as they are typed (or the models change)
+    gr.on([train_pairs.change, anchor.change, augment.change], user_errors(facade.planned_layer_diagram),
+          [anchor, augment, train_pairs], planned, api_name="compose_train_layers", **QUICK)
+    stop.click(stop_work, None, status, api_name="stop_compose", queue=False, cancels=[scoring, generating, reading])
     # Training is not cancelled as an event: Stop cancels its job, and the event then shows the
     # stopped state (the curve as it was, and that nothing was written).
     train.click(run_training, [anchor, augment, train_data, train_pairs, train_steps, train_lr, train_batch],
