@@ -24,7 +24,7 @@ import torch
 from fusion_ui.compose.bridges import BridgeReading, LayerPair
 from fusion_ui.compose.calm import CalmModel
 from fusion_ui.errors import InputError
-from fusion_ui.evals.generate import _greedy_batch, pad_id_of
+from fusion_ui.evals.generate import greedy_batch, pad_id_of
 
 TINY = 1e-12  # below this an anchor state's norm counts as zero (its ratio is then 0)
 
@@ -99,7 +99,7 @@ def read_bridges(
     answer_ids: list[int] = []
     if max_new_tokens:
         eos = tokenizer.eos_token_id
-        new = _greedy_batch(model, row, torch.ones_like(row), max_new_tokens=max_new_tokens, eos=eos,
+        new = greedy_batch(model, row, torch.ones_like(row), max_new_tokens=max_new_tokens, eos=eos,
                             pad=pad_id_of(tokenizer))[0].tolist()
         answer_ids = new[: new.index(eos)] if eos is not None and eos in new else new
     full = torch.tensor([ids + answer_ids], device=device)  # (1, T)

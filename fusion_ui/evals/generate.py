@@ -62,7 +62,7 @@ def greedy_generate(
         rows = [tokenizer.encode(p, add_special_tokens=True) for p in chunk]
         ids, mask = left_pad(rows, pad)
         ids, mask = ids.to(dev), mask.to(dev)
-        new = _greedy_batch(model, ids, mask, max_new_tokens=max_new_tokens, eos=eos, pad=pad)
+        new = greedy_batch(model, ids, mask, max_new_tokens=max_new_tokens, eos=eos, pad=pad)
         for row in new.tolist():
             if eos is not None and eos in row:
                 row = row[: row.index(eos)]
@@ -79,10 +79,12 @@ def cache_argument(model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _greedy_batch(
+def greedy_batch(
     model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, eos: int | None, pad: int
 ) -> torch.Tensor:
-    """New token ids (B, max_new_tokens); rows that hit EOS keep emitting ``pad``."""
+    """New token ids (B, max_new_tokens) for the left-padded ``ids``/``mask`` (B, T); rows that
+    hit EOS keep emitting ``pad``. Greedy, one cache; any module with an LM's forward works
+    (CALM's composition, a sampler that turns argmax into a Gumbel draw)."""
     batch = ids.shape[0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T)
     done = torch.zeros(batch, dtype=torch.bool, device=ids.device)

@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
 from fusion_ui.errors import IncompatibleModelsError, InputError, RecipeError
-from fusion_ui.evals.generate import _greedy_batch, cache_argument, left_pad, pad_id_of
+from fusion_ui.evals.generate import cache_argument, greedy_batch, left_pad, pad_id_of
 from fusion_ui.evals.sets import EvalItem
 from fusion_ui.frozen.model import PromptedLM, _cache_of
 
@@ -138,7 +138,7 @@ def sample_candidates(
         else:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
             model = GumbelSampler(first, config.temperature, gen)
-        new = _greedy_batch(
+        new = greedy_batch(
             model, ids, mask, max_new_tokens=config.max_new_tokens, eos=eos, pad=pad
         )
         for row, tokens in zip(rows, new.tolist(), strict=True):
