@@ -39,7 +39,7 @@ from fusion_ui.compose.calm import (
 )
 from fusion_ui.errors import IncompatibleModelsError, ModelSourceError
 from fusion_ui.io.source import ModelSource, resolve_model
-from fusion_ui.io.staging import check_artefact_target, write_artefact
+from fusion_ui.io.staging import check_artefact_target, read_artefact_json, write_artefact
 
 FORMAT = "fusion_ui/calm-bridges"
 VERSION = 1
@@ -172,22 +172,9 @@ def save_bridges(
 
 def read_bridges_info(folder: str | os.PathLike[str]) -> BridgesInfo:
     """``bridges.json`` of ``folder``, checked for format and version."""
-    path = Path(folder).expanduser()
-    file = path / CONFIG_FILE
-    if not file.is_file():
-        raise ModelSourceError(
-            f"{path} holds no {CONFIG_FILE}: give the folder written by `fusion-ui compose train`"
-        )
+    file, data = read_artefact_json(folder, config_file=CONFIG_FILE, format=FORMAT, version=VERSION,
+                                    kind="CALM bridges", made_by="fusion-ui compose train")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
-            raise ModelSourceError(
-                f"{file} is not a fusion_ui CALM bridges file (format {data.get('format')!r})"
-            )
-        if int(data.get("version", 0)) > VERSION:
-            raise ModelSourceError(
-                f"{file} is version {data['version']}; this fusion_ui reads up to {VERSION}: upgrade fusion_ui"
-            )
         return BridgesInfo(
             bridges=BridgeConfig.from_dict(data["bridges"]),
             anchor=ModelIdentity(**data["anchor"]),
@@ -195,7 +182,7 @@ def read_bridges_info(folder: str | os.PathLike[str]) -> BridgesInfo:
             tokenizer_sha256=str(data["tokenizer_sha256"]),
             training=dict(data.get("training") or {}),
         )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise ModelSourceError(f"{file} cannot be read ({exc}); train the bridges again") from exc
 
 

@@ -17,7 +17,6 @@ fingerprints). The folder is written beside the target and renamed into place
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from fusion_ui.errors import IncompatibleModelsError, ModelSourceError, RecipeEr
 from fusion_ui.frozen.model import PromptedLM
 from fusion_ui.frozen.prompts import FixedPrompt, PromptConfig, PromptGenerator
 from fusion_ui.io.source import ModelSource, resolve_model
-from fusion_ui.io.staging import check_artefact_target, write_artefact
+from fusion_ui.io.staging import check_artefact_target, read_artefact_json, write_artefact
 
 FORMAT = "fusion_ui/frozen-prompt"
 VERSION = 1
@@ -103,22 +102,9 @@ def save_prompt(
 
 def read_prompt_info(folder: str | os.PathLike[str]) -> PromptInfo:
     """``prompt.json`` of ``folder``, checked for format and version."""
-    path = Path(folder).expanduser()
-    file = path / CONFIG_FILE
-    if not file.is_file():
-        raise ModelSourceError(
-            f"{path} holds no {CONFIG_FILE}: give the folder written by `fusion-ui frozen train`"
-        )
+    file, data = read_artefact_json(folder, config_file=CONFIG_FILE, format=FORMAT, version=VERSION,
+                                    kind="frozen-LM prompt", made_by="fusion-ui frozen train")
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT:
-            raise ModelSourceError(
-                f"{file} is not a fusion_ui frozen-LM prompt file (format {data.get('format')!r})"
-            )
-        if int(data.get("version", 0)) > VERSION:
-            raise ModelSourceError(
-                f"{file} is version {data['version']}; this fusion_ui reads up to {VERSION}: upgrade fusion_ui"
-            )
         encoder = data.get("encoder")
         return PromptInfo(
             prompt=PromptConfig.from_dict(data["prompt"]),
@@ -128,7 +114,7 @@ def read_prompt_info(folder: str | os.PathLike[str]) -> PromptInfo:
             tokenizer_sha256=str(data["tokenizer_sha256"]),
             training=dict(data.get("training") or {}),
         )
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecipeError) as exc:
+    except (KeyError, TypeError, ValueError, RecipeError) as exc:
         raise ModelSourceError(f"{file} cannot be read ({exc}); train the prompt again") from exc
 
 

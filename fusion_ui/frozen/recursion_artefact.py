@@ -18,7 +18,6 @@ beside the target and renamed into place (:func:`fusion_ui.io.staging.write_arte
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from fusion_ui.frozen.model import PromptedLM
 from fusion_ui.frozen.prompts import FixedPrompt, PromptConfig
 from fusion_ui.frozen.recursive import RecursionConfig, RecursiveLM
 from fusion_ui.io.source import ModelSource
-from fusion_ui.io.staging import check_artefact_target, write_artefact
+from fusion_ui.io.staging import check_artefact_target, read_artefact_json, write_artefact
 
 VERSION = 1
 CONNECTOR_FORMAT = "fusion_ui/frozen-connector"
@@ -164,23 +163,8 @@ def save_recursive(
 
 
 def _read_json(folder: str | os.PathLike[str], name: str, fmt: str) -> tuple[Path, dict]:
-    path = Path(folder).expanduser()
-    file = path / name
-    if not file.is_file():
-        raise ModelSourceError(
-            f"{path} holds no {name}: give the folder written by `fusion-ui frozen train`"
-        )
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelSourceError(f"{file} cannot be read ({exc}); train it again") from exc
-    if data.get("format") != fmt:
-        raise ModelSourceError(f"{file} is not a {fmt} file (format {data.get('format')!r})")
-    if int(data.get("version", 0)) > VERSION:
-        raise ModelSourceError(
-            f"{file} is version {data['version']}; this fusion_ui reads up to {VERSION}: upgrade fusion_ui"
-        )
-    return file, data
+    return read_artefact_json(folder, config_file=name, format=fmt, version=VERSION, kind=fmt,
+                              made_by="fusion-ui frozen train")
 
 
 def read_connector_info(folder: str | os.PathLike[str]) -> ConnectorInfo:

@@ -141,6 +141,36 @@ def write_artefact(target: Path, tensors: dict, info: dict, *, force: bool, tens
     return target
 
 
+def read_artefact_json(folder: str | os.PathLike[str], *, config_file: str, format: str, version: int,
+                       kind: str, made_by: str) -> tuple[Path, dict]:
+    """The JSON of a trained artefact, checked: present, JSON, of ``format``, a version this
+    release reads. Errors name the file and what makes one (``made_by``: the command)."""
+    import json
+
+    from fusion_ui.errors import ModelSourceError
+
+    path = Path(folder).expanduser()
+    file = path / config_file
+    if not file.is_file():
+        raise ModelSourceError(f"{path} holds no {config_file}: give the folder written by `{made_by}`")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelSourceError(f"{file} cannot be read ({exc}); make it again with `{made_by}`") from exc
+    if not isinstance(data, dict) or data.get("format") != format:
+        got = data.get("format") if isinstance(data, dict) else None
+        raise ModelSourceError(f"{file} is not a fusion_ui {kind} file (format {got!r})")
+    try:
+        newer = int(data.get("version", 0)) > version
+    except (TypeError, ValueError):
+        newer = True
+    if newer:
+        raise ModelSourceError(
+            f"{file} is version {data.get('version')!r}; this fusion_ui reads up to {version}: upgrade fusion_ui"
+        )
+    return file, data
+
+
 def leftovers(target: Path) -> list[Leftover]:
     """Working folders beside ``target`` (of any process), with what is known of their owners."""
     pattern = re.compile(
