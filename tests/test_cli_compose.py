@@ -111,6 +111,16 @@ def test_train_then_generate_and_eval(models, tmp_path, capsys) -> None:
     table = capsys.readouterr().out
     assert "composition" in table and "anchor alone" in table and "perplexity" in table
 
+    page = tmp_path / "read.html"
+    code = main(["compose", "read", models["anchor"], models["augment"], "--bridges", str(out),
+                 "--prompt", "ab =", "--max-new-tokens", "2", "--html", str(page), "--device", "cpu"])
+    assert code == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("prompt 'ab =' -> answer")
+    assert [line.split(" (")[0].strip() for line in printed[2:4]] == ["bridge 1", "bridge 2"]  # one per pair
+    text = page.read_text()
+    assert 'id="attention"' in text and 'id="layers"' in text and "plotly" in text  # offline page
+
 
 def test_clear_errors_and_nothing_written(models, tmp_path, capsys) -> None:
     out = tmp_path / "bridges"

@@ -91,6 +91,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=run_generate)
 
 
+    r = verbs.add_parser(
+        "read",
+        help="what each bridge reads for one prompt (and the greedy answer): a table, and an HTML page",
+    )
+    _add_models(r)
+    _add_bridges(r)
+    r.add_argument("--prompt", required=True, help="the prompt, e.g. 'jix + pxx ='")
+    r.add_argument("--max-new-tokens", type=int, default=4, help="greedy answer tokens read too (default 4)")
+    r.add_argument("--html", metavar="FILE", help="also write the heatmaps and the layer diagram here")
+    r.set_defaults(func=run_read)
+
+
 def _add_models(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "anchor", metavar="ANCHOR", help="the anchor m_B (its head speaks): folder or hub id"
@@ -168,4 +180,33 @@ def run_generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_composition(args.anchor, args.augment, args.bridges, device=args.device)
     print_generations(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                       device=args.device)  # fmt: skip
+    return 0
+
+
+def run_read(args: argparse.Namespace) -> int:
+    import html
+
+    from fusion_ui import figures
+    from fusion_ui.compose import load_composition, read_bridges
+
+    model, tokenizer = load_composition(args.anchor, args.augment, args.bridges, device=args.device)
+    reading = read_bridges(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens)
+    last = reading.prompt_tokens - 1  # the prompt's last token: where the answer is decided
+    weights = reading.head_weights()  # (bridges, T, T), mean over heads
+    print(f"prompt {args.prompt!r} -> answer {reading.answer!r} ({len(reading.tokens)} tokens)")
+    print(f"at the prompt's last token {reading.tokens[last]!r}:")
+    for k, pair in enumerate(reading.pairs):
+        top = int(weights[k, last].argmax())
+        print(f"  bridge {k + 1} ({pair}): adds {reading.contribution[k, last]:.2f} x m_B's state, "
+              f"reads m_A's {reading.tokens[top]!r} (token {top}) most ({weights[k, last, top]:.2f})")
+    if args.html:
+        n_augment = model.augment.config.num_hidden_layers
+        n_anchor = model.anchor.config.num_hidden_layers
+        path = figures.write_html_page(args.html, f"What the bridges read: {args.prompt}", [
+            f"<h1>What the bridges read</h1><p class=\"note\">Prompt <code>{html.escape(args.prompt)}</code>, "
+            f"greedy answer <code>{html.escape(reading.answer)}</code>; bridges {html.escape(args.bridges)}.</p>",
+            figures.figure_html(figures.bridge_attention_chart(reading), "attention"),
+            figures.figure_html(figures.bridge_layer_diagram(reading.pairs, n_augment, n_anchor), "layers"),
+        ])
+        print(f"wrote {path}")
     return 0

@@ -14,7 +14,7 @@ from fusion_ui.figures.deltas import (
     pairwise_by_layer_heatmap,
     pairwise_heatmap,
 )
-from fusion_ui.figures.html_report import write_html_report
+from fusion_ui.figures.html_report import figure_html, write_html_page, write_html_report
 from fusion_ui.figures.scores import score_chart
 from fusion_ui.figures.style import HEATMAP_SCALE, OKABE_ITO, figure_subtitle, figure_title
 from fusion_ui.figures.sweep import sweep_chart
@@ -29,6 +29,7 @@ __all__ = [
     "cocktail_chart",
     "dare_preview_histogram",
     "delta_histogram",
+    "figure_html",
     "figure_subtitle",
     "figure_title",
     "fit_log_range",
@@ -39,5 +40,6 @@ __all__ = [
     "score_chart",
     "sweep_chart",
     "warm_up",
+    "write_html_page",
     "write_html_report",
 ]

@@ -66,6 +66,29 @@ def _nan(v: object) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
+def figure_html(fig: go.Figure, div_id: str) -> str:
+    """One figure as an HTML fragment for :func:`write_html_page` (plotly.js not included)."""
+    return _figure(fig, div_id)
+
+
+def write_html_page(path: str | os.PathLike[str], title: str, parts: Sequence[str]) -> Path:
+    """A self-contained page (plotly.js inline, opens offline) of HTML fragments."""
+    path = Path(path)
+    doc = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(doc, encoding="utf-8")
+    except OSError as exc:
+        raise ExportError(f"cannot write the HTML page to {path}: {exc}") from exc
+    return path
+
+
 def _figure(fig: go.Figure, div_id: str) -> str:
     return (
         '<div class="figure">'
@@ -152,16 +175,4 @@ def write_html_report(
         f'<p class="note">Sign conflict: {html.escape(str(report.meta.get("sign_conflict_definition", "")))}.'
         " Median |δ| is the lower median of all elements.</p>"
     )
-    doc = (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
-        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
-        + "\n".join(parts)
-        + "</body></html>\n"
-    )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(doc, encoding="utf-8")
-    except OSError as exc:
-        raise ExportError(f"cannot write the HTML report to {path}: {exc}") from exc
-    return path
+    return write_html_page(path, title, parts)
