@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from fusion_ui.demo import DEMO_DIR, EXPERT_SKILLS, GENERAL
-from fusion_ui.demo.compositions import DEFAULT_COMPOSITION, composition_items
+from fusion_ui.demo.compositions import DEFAULT_COMPOSITION, composition_sets
 from fusion_ui.demo.skills import training_stream
 from fusion_ui.evals import EvalItem, evaluate, limit_per_skill, load_causal_lm, load_eval_set
 from fusion_ui.frozen import (
@@ -121,19 +121,15 @@ def expert_sets(args: argparse.Namespace) -> tuple[list[EvalItem], list[EvalItem
     ), evals
 
 
-def composition_sets(args: argparse.Namespace) -> tuple[list[EvalItem], list[EvalItem]]:
+def recursion_sets(args: argparse.Namespace) -> tuple[list[EvalItem], list[EvalItem]]:
     """Table b's training rows and held-out items (no word in both)."""
-    outer, inner = DEFAULT_COMPOSITION
-    test = composition_items(outer, inner, args.items or 200, seed=args.seed + 1)
-    train = composition_items(outer, inner, args.train_items, seed=args.seed,
-                              exclude=[it.prompt.split()[2] for it in test])  # fmt: skip
-    return train, test
+    return composition_sets(args.train_items, args.items or 200, seed=args.seed)
 
 
 def write_sets(args: argparse.Namespace) -> None:
     args.write_sets.mkdir(parents=True, exist_ok=True)
     sets = dict(zip(("experts_train", "experts_test"), expert_sets(args), strict=True))
-    sets.update(zip(("composition_train", "composition_test"), composition_sets(args), strict=True))
+    sets.update(zip(("composition_train", "composition_test"), recursion_sets(args), strict=True))
     for name, items in sets.items():
         path = args.write_sets / f"{name}.jsonl"
         path.write_text("".join(json.dumps({"prompt": it.prompt, "answer": it.answer, "skill": it.skill}) + "\n"
@@ -232,14 +228,7 @@ def idpt_table(args: argparse.Namespace, lm: nn.Module, tok: object) -> None:
 
 def recursion_table(args: argparse.Namespace, lm: nn.Module, tok: object) -> None:
     outer, inner = DEFAULT_COMPOSITION
-    test = composition_items(outer, inner, args.items or 200, seed=args.seed + 1)
-    train = composition_items(
-        outer,
-        inner,
-        args.train_items,
-        seed=args.seed,
-        exclude=[it.prompt.split()[2] for it in test],
-    )
+    train, test = recursion_sets(args)
     prompt_cfg = TrainConfig(steps=args.steps, batch_size=BATCH, lr=PROMPT_LR, seed=args.seed)
     idpt_cfg = TrainConfig(steps=args.steps, batch_size=BATCH, lr=IDPT_LR, seed=args.seed)
     conn_cfg = TrainConfig(steps=args.steps, batch_size=BATCH, lr=CONNECTOR_LR, seed=args.seed)

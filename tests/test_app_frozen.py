@@ -50,11 +50,13 @@ def trained(engine: Engine) -> tuple[TrainedPrompt, list[int]]:
 
 
 def test_the_form_offers_the_engines_methods_and_the_demo(engine: Engine) -> None:
-    from fusion_ui.frozen import KINDS
+    from fusion_ui.frozen import KINDS, METHOD_KINDS
 
-    assert [kind for _, kind in engine.frozen.methods()] == list(KINDS)
+    kinds = [kind for _, kind in engine.frozen.methods()]
+    assert kinds == list(METHOD_KINDS) and kinds[: len(KINDS)] == list(KINDS)  # prompts first
     assert engine.frozen.demo_model() == str(engine.demo.base)
     assert engine.frozen.demo_skills() == list(engine.demo.experts)
+    assert engine.frozen.default_sets("idpt") == engine.frozen.demo_skills()
     rows = engine.frozen.training_items(["upper", "mirror"])
     held_out = {it.prompt for p in engine.demo.eval_sets.values() for it in load_eval_set(p)}
     assert {it.skill for it in rows} == {"upper", "mirror"} and not held_out & {
@@ -165,7 +167,9 @@ def test_scores_and_answers_side_by_side_with_the_base_experts_and_merge(
     table = engine.frozen.table(scores, result.folder).set_index("model")
     assert list(table.index) == roles and {"upper", "general"} <= set(table.columns)
     assert table.loc["expert upper", "upper"] == 100.0  # the expert knows its skill
-    assert table.loc[roles[0], "trained parameters"] == f"{result.trainable:,} (the prompt)"
+    assert (
+        table.loc[roles[0], "trained parameters"] == f"{result.trainable:,} (the prompt generator)"
+    )
     assert table.loc[BASE_ROLE, "trained parameters"] == "0 (frozen)"
     answers = engine.context.wait(
         engine.frozen.start_generation("s", result.model, result.folder, "upper: cab =")

@@ -55,3 +55,25 @@ def composition_items(
         seen.add(word)
         out.append(composition_item(outer, inner, word))
     return out
+
+
+def composition_word(item: EvalItem) -> str:
+    """The word of a composition row (``"back: rot13: abc ="`` -> ``"abc"``)."""
+    return item.prompt.split()[2]
+
+
+def composition_sets(
+    n_train: int,
+    n_test: int,
+    *,
+    seed: int = 0,
+    composition: tuple[str, str] = DEFAULT_COMPOSITION,
+) -> tuple[list[EvalItem], list[EvalItem]]:
+    """Training rows and held-out rows of ``outer(inner(w))``, no word in both: the held-out
+    words are drawn first (seed ``seed + 1``), the training words (seed ``seed``) avoid them. The
+    recursion demo (``benchmarks/frozen_demo.py``) and the app's Frozen LM tab use these sets."""
+    outer, inner = composition
+    test = composition_items(outer, inner, n_test, seed=seed + 1)
+    train = composition_items(outer, inner, n_train, seed=seed,
+                              exclude=[composition_word(it) for it in test])  # fmt: skip
+    return train, test

@@ -17,6 +17,7 @@ recursive LMs: textual (pass 1 writes candidates, a prompt-tuned pass 2 reads th
     txt = textual_model(lm, tokenizer)                    # textual recursion (pass 1: lm)
     train_textual(txt, items); save_recursive(txt, "rec/")
     model, tok = load_frozen("lm/", "conn/")              # any of prompt/, conn/, rec/
+    [m.label for m in FROZEN_METHODS]                     # every method, as a UI offers it
 
 The names load on first use, so importing the package does not load torch.
 """
@@ -59,6 +60,11 @@ _LAZY = {
     "load_frozen": "fusion_ui.frozen.recursion_artefact",
     "save_connector": "fusion_ui.frozen.recursion_artefact",
     "save_recursive": "fusion_ui.frozen.recursion_artefact",
+    "FROZEN_METHODS": "fusion_ui.frozen.methods",
+    "METHOD_KINDS": "fusion_ui.frozen.methods",
+    "FrozenMethod": "fusion_ui.frozen.methods",
+    "frozen_method": "fusion_ui.frozen.methods",
+    "method_of_folder": "fusion_ui.frozen.methods",
     "RecursionRun": "fusion_ui.frozen.train_recursive",
     "textual_model": "fusion_ui.frozen.train_recursive",
     "train_connector": "fusion_ui.frozen.train_recursive",
@@ -69,11 +75,14 @@ _LAZY = {
 
 __all__ = [
     "ARTEFACT_KINDS",
+    "FROZEN_METHODS",
     "KINDS",
+    "METHOD_KINDS",
     "Connector",
     "ConnectorConfig",
     "ConnectorLM",
     "FixedPrompt",
+    "FrozenMethod",
     "FrozenResult",
     "PromptCache",
     "PromptConfig",
@@ -91,8 +100,10 @@ __all__ = [
     "attach_prompt",
     "attach_recursive",
     "connector_model",
+    "frozen_method",
     "load_frozen",
     "load_prompted",
+    "method_of_folder",
     "prompt_model",
     "read_prompt_info",
     "save_connector",
@@ -121,6 +132,13 @@ if TYPE_CHECKING:
         ConnectorConfig,
         ConnectorLM,
         connector_model,
+    )
+    from fusion_ui.frozen.methods import (
+        FROZEN_METHODS,
+        METHOD_KINDS,
+        FrozenMethod,
+        frozen_method,
+        method_of_folder,
     )
     from fusion_ui.frozen.model import PromptCache, PromptedLM, PromptedOutput, prompt_model
     from fusion_ui.frozen.prompts import (

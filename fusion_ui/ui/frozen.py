@@ -1,11 +1,15 @@
-"""Frozen LM tab: keep one LM frozen and train only a soft prompt in front of it (Levine et al.
-2022, arXiv 2204.10019), then compare it with the LM alone, each expert and their merge.
+"""Frozen LM tab: keep one LM frozen and train only a small part beside it (Levine et al.
+2022, arXiv 2204.10019): a soft prompt in front of it, or a recursive LM (a connector between
+two passes, or a textual recursion), then compare it with the LM alone, each expert and their
+merge.
 
-The demo base is the frozen LM preselected, trained on the demo's three expert skills at once.
-**Train** runs as a job: the loss curve grows while it trains, the status line shows the step,
-the loss and an ETA, and **Stop** ends it before the next step with nothing written (the prompt
-folder appears in the session's workspace only when a run ends). **Score** and **Generate** put
-the trained prompt in front of the frozen LM and run every model on the same held-out items.
+The demo base is the frozen LM preselected, trained on the demo's three expert skills at once;
+picking a recursion method preselects the demo composition ``back: rot13: w =`` instead (to
+train on and to score on). **Train** runs as a job: the loss curve grows while it trains, the
+status line shows the step, the loss and an ETA, and **Stop** ends it before the next step with
+nothing written (the folder appears in the session's workspace only when a run ends). **Score**
+and **Generate** run the frozen LM with the trained part and every other model on the same
+held-out items (greedy exact match: a textual recursion has no perplexity, and none is shown).
 """
 
 from __future__ import annotations
@@ -18,9 +22,9 @@ import gradio as gr
 import pandas as pd
 
 from fusion_ui.app.frozen import (
+    DEFAULT_CANDIDATES,
     DEFAULT_ITEMS,
     DEFAULT_LENGTH,
-    DEFAULT_LR,
     DEFAULT_STEPS,
     FrozenTraining,
 )
@@ -35,13 +39,12 @@ from fusion_ui.ui.shared import (
     user_errors,
 )
 
-NOTHING_WRITTEN = "Nothing was written: a prompt is saved only when its run ends."
+NOTHING_WRITTEN = "Nothing was written: a trained part is saved only when its run ends."
 SCORE_COLUMNS = ["model", "trained parameters"]
 
 
-def params_line(trainable: int, frozen: int, kind: str) -> str:
+def params_line(trainable: int, frozen: int, what: str) -> str:
     share = 100 * trainable / frozen if frozen else 0.0
-    what = "the prompt generator" if kind == "idpt" else "the prompt"
     return (
         f"**Trainable:** {trainable:,} parameters ({what}) · **frozen LM:** {frozen:,} parameters, untouched "
         f"(the trainable part is {share:.1f} % of its size)"
@@ -50,13 +53,17 @@ def params_line(trainable: int, frozen: int, kind: str) -> str:
 
 def build(shared: Shared) -> None:
     facade = shared.engine.frozen
-    skills = facade.demo_skills()
-    tasks = list(facade.eval_sets())
+    methods = facade.methods()
+    first_kind = methods[0][1]
+    tasks = [(facade.set_label(t), t) for t in facade.score_sets()]
     gr.Markdown(
-        "**Frozen LM** (Levine et al. 2022, arXiv 2204.10019): one LM stays frozen and only a small prompt in front "
-        "of it learns. **ID-PT** writes a soft prompt per input (a frozen encoder + learned queries); **plain prompt "
-        "tuning** learns one prompt for every input. Train on the demo's three expert skills at once, then compare "
-        "the frozen LM + prompt with the LM alone, each expert (a full fine-tune) and their merge.",
+        "**Frozen LM** (Levine et al. 2022, arXiv 2204.10019): one LM stays frozen and only a small part beside it "
+        "learns. **ID-PT** writes a soft prompt per input (a frozen encoder + learned queries); **plain prompt "
+        "tuning** learns one prompt for every input. The **recursive LM** runs the LM twice: the **neural** one "
+        "adds a trained connector's reading of pass 1's hidden states to pass 2's input; in the **textual** one "
+        "pass 1 writes candidate answers and a prompt-tuned pass 2 reads them. Train on the demo's expert skills "
+        "or on the composition `back: rot13: w =`, then compare with the LM alone, each expert (a full fine-tune) "
+        "and their merge.",
         elem_classes="tab-intro",
     )
     with gr.Row(equal_height=False):
@@ -68,9 +75,8 @@ def build(shared: Shared) -> None:
                     elem_id="frozen-model",
                     scale=3,
                 )
-                methods = facade.methods()
                 method = gr.Dropdown(
-                    methods, value=methods[0][1], label="method", elem_id="frozen-method", scale=2
+                    methods, value=first_kind, label="method", elem_id="frozen-method", scale=2
                 )
             with gr.Row():
                 length = gr.Number(
@@ -83,11 +89,31 @@ def build(shared: Shared) -> None:
                 steps = gr.Number(
                     DEFAULT_STEPS, precision=0, minimum=1, label="steps", elem_id="frozen-steps"
                 )
-                lr = gr.Number(DEFAULT_LR, label="learning rate", elem_id="frozen-lr")
+                lr = gr.Number(
+                    facade.default_lr(first_kind), label="learning rate", elem_id="frozen-lr"
+                )
+            with gr.Row(visible=facade.is_recursive(first_kind)) as textual_row:
+                first_pass = gr.Dropdown(
+                    facade.first_passes(None),
+                    value="",
+                    allow_custom_value=True,
+                    label="pass 1 (textual recursion)",
+                    info="The frozen LM alone, or behind a plain prompt trained here.",
+                    elem_id="frozen-first-pass",
+                    scale=3,
+                )
+                candidates = gr.Number(
+                    DEFAULT_CANDIDATES,
+                    precision=0,
+                    minimum=1,
+                    label="candidates pass 1 writes",
+                    elem_id="frozen-candidates",
+                    scale=1,
+                )
             sets = gr.CheckboxGroup(
-                skills,
-                value=skills,
-                label="Train on (the demo's expert skills, mixed)",
+                facade.training_sets(),
+                value=facade.default_sets(first_kind),
+                label="Train on (demo sets, mixed: the expert skills, the composition back: rot13)",
                 elem_id="frozen-sets",
             )
             data = gr.Textbox(
@@ -99,6 +125,7 @@ def build(shared: Shared) -> None:
             encoder = gr.Textbox(
                 "",
                 label="ID-PT encoder (empty: the frozen LM reads its own input)",
+                visible=first_kind == "idpt",
                 elem_id="frozen-encoder",
             )
         with gr.Column(scale=2):
@@ -111,8 +138,8 @@ def build(shared: Shared) -> None:
                 [],
                 value=None,
                 allow_custom_value=True,
-                label="trained prompt (folder)",
-                info="What Score and Generate put in front of the frozen LM.",
+                label="trained part (folder: a prompt, a connector or a recursion)",
+                info="What Score and Generate run with the frozen LM.",
                 elem_id="frozen-prompt-dir",
             )
     curve = gr.Plot(show_label=False, elem_id="frozen-curve")
@@ -120,8 +147,8 @@ def build(shared: Shared) -> None:
         with gr.Column(scale=3):
             chosen = gr.CheckboxGroup(
                 tasks,
-                value=tasks,
-                label="Score on (the demo's held-out sets)",
+                value=facade.default_tasks(first_kind),
+                label="Score on (the demo's held-out sets; exact match, no perplexity)",
                 elem_id="frozen-tasks",
             )
         with gr.Column(scale=2):
@@ -147,6 +174,22 @@ def build(shared: Shared) -> None:
     )
 
     @user_errors
+    def pick_method(kind: str) -> dict[Any, Any]:
+        """A method's own fields, learning rate and default sets (the composition for a recursion);
+        a field another method hides is cleared, so it cannot fail a run unseen."""
+        return {
+            encoder: gr.update(visible=True)
+            if kind == "idpt"
+            else gr.update(visible=False, value=""),
+            length: gr.update(visible=kind != "connector"),
+            textual_row: gr.update(visible=kind == "recursive"),
+            first_pass: gr.skip() if kind == "recursive" else "",
+            lr: facade.default_lr(kind),
+            sets: facade.default_sets(kind),
+            chosen: facade.default_tasks(kind),
+        }
+
+    @user_errors
     def run_training(
         lm: str,
         kind: str,
@@ -156,6 +199,8 @@ def build(shared: Shared) -> None:
         picked: list[str],
         file: str,
         enc: str,
+        first: str | None,
+        count: float,
         request: gr.Request,
     ) -> Iterator[dict[Any, Any]]:
         session = session_of(request)
@@ -169,6 +214,8 @@ def build(shared: Shared) -> None:
                 steps=n,
                 lr=rate,
                 encoder=enc or "",
+                first_prompt=first or "",
+                candidates=count,
             )
             job = facade.start_training(session, form)
         except Exception as exc:  # noqa: BLE001 - shown in the status line, then raised as a message
@@ -183,8 +230,9 @@ def build(shared: Shared) -> None:
             return {
                 status: line,
                 curve: facade.curve(job),
-                params: params_line(r.trainable, r.frozen, r.kind),
+                params: params_line(r.trainable, r.frozen, r.trains),
                 prompt_dir: gr.update(choices=facade.trained(session), value=r.folder),
+                first_pass: gr.update(choices=facade.first_passes(session)),
             }
 
         yield {curve: facade.curve(job), params: ""}
@@ -241,10 +289,17 @@ def build(shared: Shared) -> None:
     stop_work = stop_handler(shared.engine, note=NOTHING_WRITTEN)
     # Training is not cancelled as an event: Stop cancels its job, and the event then shows the
     # stopped state (the curve as it was, and that nothing was written).
+    method.change(
+        pick_method,
+        method,
+        [encoder, length, textual_row, first_pass, lr, sets, chosen],
+        api_name="frozen_method",
+        queue=False,
+    )
     train.click(
         run_training,
-        [model, method, length, steps, lr, sets, data, encoder],
-        [status, curve, params, prompt_dir],
+        [model, method, length, steps, lr, sets, data, encoder, first_pass, candidates],
+        [status, curve, params, prompt_dir, first_pass],
         api_name="frozen_train",
         **JOB_EVENT,
     )
