@@ -128,5 +128,6 @@ def test_the_command_line_defaults_are_the_engine_defaults() -> None:
     c = DEFAULT_CONFIG
     assert (training_cli.DEFAULT_STEPS, training_cli.DEFAULT_BATCH, frozen_cli.DEFAULT_LR, training_cli.DEFAULT_WARMUP) == (
         c.steps, c.batch_size, c.lr, c.warmup_steps)  # fmt: skip
-    assert (frozen_cli.DEFAULT_LENGTH, frozen_cli.DEFAULT_ENCODER_PROMPT, frozen_cli.KINDS) == (
-        prompts.DEFAULT_LENGTH, prompts.DEFAULT_ENCODER_PROMPT, prompts.KINDS)  # fmt: skip
+    assert (frozen_cli.DEFAULT_LENGTH, frozen_cli.DEFAULT_ENCODER_PROMPT) == (
+        prompts.DEFAULT_LENGTH, prompts.DEFAULT_ENCODER_PROMPT)  # fmt: skip
+    assert frozen_cli.TRAIN_KINDS[: len(prompts.KINDS)] == prompts.KINDS  # the prompt kinds first

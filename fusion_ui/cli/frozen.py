@@ -23,6 +23,7 @@ import argparse
 from fusion_ui.cli.exporting import ProgressBar, Stopped, stop_on_signals
 from fusion_ui.cli.scoring import ScoredModel, print_generations, print_scores
 from fusion_ui.cli.training import add_train_options, train_config
+from fusion_ui.frozen.methods import METHOD_KINDS
 
 # Defaults of fusion_ui.frozen.train.DEFAULT_CONFIG's lr, fusion_ui.frozen.prompts,
 # fusion_ui.frozen.connector and fusion_ui.frozen.recursive (not imported: torch)
@@ -34,8 +35,7 @@ DEFAULT_HIDDEN = 256
 DEFAULT_CANDIDATES = 3
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_CANDIDATE_TOKENS = 16
-KINDS = ("idpt", "prompt")
-TRAIN_KINDS = (*KINDS, "connector", "recursive")
+TRAIN_KINDS = METHOD_KINDS  # the engine's list of frozen-LM methods (no torch at import)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
