@@ -20,13 +20,10 @@ from fusion_ui.compose.artefact import load_models, save_bridges
 from fusion_ui.compose.bridges import DEFAULT_EVERY, LayerPair
 from fusion_ui.compose.calm import CalmModel, compose
 from fusion_ui.device import resolve_device
-from fusion_ui.errors import RecipeError
-from fusion_ui.evals.generate import pad_id_of
-from fusion_ui.evals.perplexity import encode_items
 from fusion_ui.evals.sets import EvalItem
 from fusion_ui.progress import CancelToken, ProgressCallback
-from fusion_ui.train.lm_loss import answer_loss, collate_scored
-from fusion_ui.train.loop import TrainConfig, TrainResult, train_loop
+from fusion_ui.train.answers import train_on_answers
+from fusion_ui.train.loop import TrainConfig, TrainResult
 
 
 def items_sha256(items: Sequence[EvalItem]) -> str:
@@ -50,33 +47,13 @@ def train_bridges(
     ``max_length`` (default: the shorter context of the two models) cuts long rows as
     :func:`~fusion_ui.evals.perplexity.encode_scored` does: the answer kept, the prompt's start cut.
     """
-    if not items:
-        raise RecipeError("the composition set is empty: give at least one prompt/answer row")
-    config = config or TrainConfig()
-    if max_length is None:
-        max_length = model.context_length
-    pairs = encode_items(tokenizer, items, with_eos=True, max_length=max_length)
-    pad = pad_id_of(tokenizer)
-    dev = model.device
-
-    def loss_of(indices: Sequence[int]) -> torch.Tensor:
-        ids, mask, scored = collate_scored([pairs[i] for i in indices], pad)
-        ids, mask, scored = ids.to(dev), mask.to(dev), scored.to(dev)
-        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-        return answer_loss(logits, ids, scored)
-
-    model.train()
-    try:
-        return train_loop(
-            model.bridges.parameters(),
-            loss_of,
-            n_items=len(pairs),
-            config=config,
-            progress=progress,
-            cancel=cancel,
-        )
-    finally:
-        model.eval()
+    return train_on_answers(
+        model, model.bridges.parameters(),
+        lambda ids, mask, scored: model(input_ids=ids, attention_mask=mask).logits,
+        tokenizer, items, config=config or TrainConfig(), device=model.device,
+        max_length=model.context_length if max_length is None else max_length,
+        what="composition set", progress=progress, cancel=cancel,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -29,25 +29,31 @@ from fusion_ui.frozen.artefact import load_lm_and_encoder, save_prompt
 from fusion_ui.frozen.model import PromptedLM, prompt_model
 from fusion_ui.frozen.prompts import DEFAULT_ENCODER_PROMPT, DEFAULT_LENGTH, KINDS, PromptKind
 from fusion_ui.progress import CancelToken, ProgressCallback
-from fusion_ui.train.lm_loss import answer_loss, collate_scored
-from fusion_ui.train.loop import TrainConfig, TrainResult, train_loop
+from fusion_ui.train.answers import train_on_answers
+from fusion_ui.train.lm_loss import collate_scored
+from fusion_ui.train.loop import TrainConfig, TrainResult
 
 # Prompt tuning wants a larger step than the loop's default (1e-3): a few vectors learn alone.
 DEFAULT_CONFIG = TrainConfig(lr=1e-2)
 
 
+def prompted_logits(
+    model: PromptedLM, ids: torch.Tensor, mask: torch.Tensor, scored: torch.Tensor
+) -> torch.Tensor:
+    """Logits (B, T, V) of right-padded rows, ``p(x)`` read from each row's prompt tokens alone."""
+    prompt_only = mask * (~scored).long()  # (B, T): the prompt's tokens, not the answer's
+    p = model.soft_prompt(ids, prompt_only)  # (B, k, d)
+    return model(input_ids=ids, attention_mask=mask, prompt_embeds=p).logits
+
+
 def scored_logits(
     model: PromptedLM, pairs: Sequence[ScoredPair], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits (B, T, V), ids and scored mask of right-padded ``pairs``, ``p(x)`` read from each
-    row's prompt tokens alone."""
+    """Logits (B, T, V), ids and scored mask of right-padded ``pairs`` (see :func:`prompted_logits`)."""
     dev = model.device
     ids, mask, scored = collate_scored(pairs, pad_id)
     ids, mask, scored = ids.to(dev), mask.to(dev), scored.to(dev)
-    prompt_only = mask * (~scored).long()  # (B, T): the prompt's tokens, not the answer's
-    p = model.soft_prompt(ids, prompt_only)  # (B, k, d)
-    logits = model(input_ids=ids, attention_mask=mask, prompt_embeds=p).logits  # (B, T, V)
-    return logits, ids, scored
+    return prompted_logits(model, ids, mask, scored), ids, scored
 
 
 def train_prompt(
@@ -65,30 +71,13 @@ def train_prompt(
     ``max_length`` (default: the LM's context less the prompt) cuts long rows as
     :func:`~fusion_ui.evals.perplexity.encode_scored` does.
     """
-    if not items:
-        raise RecipeError("the training set is empty: give at least one prompt/answer row")
-    config = config or DEFAULT_CONFIG
-    if max_length is None:
-        max_length = model.context_length
-    pairs = encode_items(tokenizer, items, max_length=max_length, with_eos=True)
-    pad = pad_id_of(tokenizer)
-
-    def loss_of(indices: Sequence[int]) -> torch.Tensor:
-        logits, ids, scored = scored_logits(model, [pairs[i] for i in indices], pad)
-        return answer_loss(logits, ids, scored)
-
-    model.train()
-    try:
-        return train_loop(
-            model.prompt.parameters(),
-            loss_of,
-            n_items=len(pairs),
-            config=config,
-            progress=progress,
-            cancel=cancel,
-        )
-    finally:
-        model.eval()
+    return train_on_answers(
+        model, model.prompt.parameters(),
+        lambda ids, mask, scored: prompted_logits(model, ids, mask, scored),
+        tokenizer, items, config=config or DEFAULT_CONFIG, device=model.device,
+        max_length=model.context_length if max_length is None else max_length,
+        progress=progress, cancel=cancel,
+    )  # fmt: skip
 
 
 @torch.no_grad()

@@ -26,8 +26,6 @@ from transformers import PreTrainedTokenizerBase
 from fusion_ui.compose.train import items_sha256
 from fusion_ui.device import resolve_device
 from fusion_ui.errors import RecipeError
-from fusion_ui.evals.generate import pad_id_of
-from fusion_ui.evals.perplexity import encode_items
 from fusion_ui.evals.sets import EvalItem
 from fusion_ui.frozen.artefact import attach_prompt, read_prompt_info
 from fusion_ui.frozen.connector import DEFAULT_HIDDEN, ConnectorLM, connector_model
@@ -38,8 +36,8 @@ from fusion_ui.frozen.recursive import RecursionConfig, RecursiveLM, second_pass
 from fusion_ui.frozen.train import DEFAULT_CONFIG as PROMPT_CONFIG
 from fusion_ui.frozen.train import train_prompt
 from fusion_ui.progress import CancelToken, ProgressCallback
-from fusion_ui.train.lm_loss import answer_loss, collate_scored
-from fusion_ui.train.loop import TrainConfig, TrainResult, train_loop
+from fusion_ui.train.answers import train_on_answers
+from fusion_ui.train.loop import TrainConfig, TrainResult
 
 # The connector is an MLP of ~2·d·hidden weights: the loop's default step (1e-3) suits it.
 CONNECTOR_CONFIG = TrainConfig(lr=1e-3)
@@ -56,24 +54,12 @@ def train_connector(
     cancel: CancelToken | None = None,
 ) -> TrainResult:
     """Train ``model.connector`` in place on ``items``; the LM stays frozen."""
-    if not items:
-        raise RecipeError("the training set is empty: give at least one prompt/answer row")
-    config = config or CONNECTOR_CONFIG
-    pairs = encode_items(tokenizer, items, max_length=max_length or model.context_length,
-                         with_eos=True)  # fmt: skip
-    pad, dev = pad_id_of(tokenizer), model.device
-
-    def loss_of(indices: Sequence[int]) -> torch.Tensor:
-        ids, mask, scored = collate_scored([pairs[i] for i in indices], pad)
-        ids, mask, scored = ids.to(dev), mask.to(dev), scored.to(dev)
-        return answer_loss(model(input_ids=ids, attention_mask=mask).logits, ids, scored)
-
-    model.train()
-    try:
-        return train_loop(model.connector.parameters(), loss_of, n_items=len(pairs),
-                          config=config, progress=progress, cancel=cancel)  # fmt: skip
-    finally:
-        model.eval()
+    return train_on_answers(
+        model, model.connector.parameters(),
+        lambda ids, mask, scored: model(input_ids=ids, attention_mask=mask).logits,
+        tokenizer, items, config=config or CONNECTOR_CONFIG, device=model.device,
+        max_length=max_length or model.context_length, progress=progress, cancel=cancel,
+    )  # fmt: skip
 
 
 def textual_model(
