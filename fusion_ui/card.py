@@ -19,8 +19,14 @@ def fusion_ui_version() -> str:
         return "(not installed)"
 
 
-def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | None) -> str:
-    """Hub-style card: YAML front matter (base_model, tags) and a human summary with the recipe."""
+def model_card(
+    plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | None, *, mergekit_written: bool = True
+) -> str:
+    """Hub-style card: YAML front matter (base_model, tags) and a human summary with the recipe.
+
+    ``mergekit_notes``: what :func:`~fusion_ui.mergekit_compat.recipe_to_mergekit` said (None:
+    not asked); ``mergekit_written``: whether ``mergekit_config.yml`` was written beside the card
+    (not for a method mergekit lacks), so the card never points at a file that is not there."""
     recipe = plan.recipe
     method = plan.method
     base = recipe.base or recipe.models[0].model
@@ -53,6 +59,18 @@ def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | No
     for i, entry in enumerate(recipe.models):
         params = ", ".join(f"{k}={v}" for k, v in entry.parameters.items()) or "defaults"
         lines.append(f"| model {i} | `{entry.model}` | {params} |")
+    if plan.layout is not None:
+        layout = plan.layout
+        lines += [
+            "",
+            "## Layer stack",
+            "",
+            f"{layout.num_layers} layers, {layout.num_parameters:,} parameters, from these slices "
+            "(layer ranges are the sources' own layer numbers; embeddings come from the first "
+            "slice's sources, the final norm and head from the last's):",
+            "",
+            *(f"- {line}" for line in layout.describe(recipe)),
+        ]
     globals_ = {p.name: recipe.parameters.get(p.name, p.default) for p in method.global_params()}
     lines += [
         "",
@@ -89,7 +107,13 @@ def model_card(plan: MergePlan, recipe_yaml: str, mergekit_notes: list[str] | No
         recipe_yaml.rstrip(),
         "```",
     ]
-    if mergekit_notes is not None:
+    if mergekit_notes is not None and not mergekit_written:
+        lines += [
+            "",
+            f"There is no equivalent mergekit config ({'; '.join(mergekit_notes)}), so no "
+            "`mergekit_config.yml` was written.",
+        ]
+    elif mergekit_notes is not None:
         lines += [
             "",
             "An equivalent mergekit config is in `mergekit_config.yml`. Differences:",

@@ -123,13 +123,14 @@ def export_merge(
                 run_merge(plan, sink, device=dev, progress=progress, cancel=cancel)
                 _write_config(plan, tmp)
                 _copy_tokenizer(tokenizer.folder, plan.reference.path, tmp)
-                notes = None
+                notes, text = None, None
                 if write_mergekit:
                     text, notes = recipe_to_mergekit(plan.recipe)
                     if text is not None:
                         (tmp / MERGEKIT_FILE).write_text(text, encoding="utf-8")
                 (tmp / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
-                (tmp / "README.md").write_text(model_card(plan, recipe_yaml, notes), encoding="utf-8")
+                card = model_card(plan, recipe_yaml, notes, mergekit_written=text is not None)
+                (tmp / "README.md").write_text(card, encoding="utf-8")
                 if cancel is not None:
                     cancel.raise_if_cancelled()
                 move_into_place(tmp, target, recheck=lambda t: check_target(t, force=force))
@@ -391,6 +392,7 @@ def _check_tokenizer_fits(plan: MergePlan, folder: Path, src: str, who: str) -> 
 
 def _write_config(plan: MergePlan, folder: Path) -> None:
     config = dict(plan.reference.config)
+    config.update(plan.config_updates)  # a layer stack's layer count (and per-layer lists)
     dtype = str(plan.out_dtype).removeprefix("torch.")
     if "torch_dtype" in config:
         config["torch_dtype"] = dtype

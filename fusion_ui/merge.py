@@ -2,9 +2,10 @@
 
 ``plan_merge`` opens the models (headers only), checks them, resolves every tensor's
 parameters and samples a few deltas, so that every error a user can fix is raised before any
-heavy work. ``run_merge`` then reads each tensor from each model, computes in float32 on the
-chosen device, casts to the output dtype and hands the result to a sink (memory, a loaded
-model, or shards on disk).
+heavy work. A ``slices:`` recipe (a layer stack) is planned by :mod:`fusion_ui.slices`: each
+output tensor then names the source tensors it is made of. ``run_merge`` then reads each tensor
+from each model, computes in float32 on the chosen device, casts to the output dtype and hands
+the result to a sink (memory, a loaded model, or shards on disk).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fusion_ui.methods import MergeMethod
 from fusion_ui.methods.base import NonFiniteInput, TensorContext
 from fusion_ui.progress import CancelToken, ProgressCallback, report
 from fusion_ui.recipe import Recipe
+from fusion_ui.slices import SliceLayout, plan_slices
 from fusion_ui.tensor_names import layer_index, module_kind, num_layers_from_config
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -57,6 +59,11 @@ class TensorJob:
     merged: bool  # False: taken unchanged from the reference model (excluded, or not float)
     params: dict[str, Any] = field(default_factory=dict)  # resolved global parameters
     model_params: tuple[dict[str, Any], ...] = ()  # resolved per-model parameters
+    # A layer stack's tensor (slices:): (index in plan.models, tensor name) of each model input,
+    # in merge order, and of θ0 where the method reads it; () for a whole-model merge, whose
+    # inputs are the output name in the base and in every model.
+    inputs: tuple[tuple[int, str], ...] = ()
+    base_input: tuple[int, str] | None = None
 
     @property
     def spec(self) -> TensorSpec:
@@ -79,6 +86,8 @@ class MergePlan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the method did where (model card)
     delta_stats: list[dict[str, Any]] = field(default_factory=list)  # pre-flight sample per model
+    layout: SliceLayout | None = None  # the layer stack of a slices: recipe
+    config_updates: dict[str, Any] = field(default_factory=dict)  # exported config.json changes
 
     @property
     def total_bytes(self) -> int:
@@ -124,6 +133,13 @@ def plan_merge(
             ckpt = Checkpoint.open(entry.model)
             opened.append(ckpt)
             models.append(ckpt)
+        if recipe.slices:
+            first = recipe.model_index(recipe.slices[0].sources[0].model)
+            reference = base if base is not None else models[first]
+            plan = _plan_slices(recipe, method, base, models, reference)
+            if any(math.prod(j.shape) >= FUSED_MIN_ELEMENTS for j in plan.jobs):
+                warm_up_in_background()
+            return plan
         reference = base if base is not None else models[0]
         if any(info.numel >= FUSED_MIN_ELEMENTS for info in reference.tensors.values()):
             warm_up_in_background()  # the CPU kernels load while the models are checked
@@ -189,6 +205,81 @@ def plan_merge(
         for c in opened:
             c.close()
         raise
+
+
+def _plan_slices(
+    recipe: Recipe, method: MergeMethod, base: Checkpoint | None, models: list[Checkpoint],
+    reference: Checkpoint,
+) -> MergePlan:
+    """The plan of a layer stack: every output tensor mapped to its sources, from headers only.
+
+    The delta pre-flight is skipped: a stack's layers come from different depths, so there is no
+    one base tensor to measure each source against."""
+    layout = plan_slices(recipe, models, reference)
+    out_dtype = output_dtype(recipe, reference)
+    jobs = []
+    for t in layout.tensors:
+        first = models[t.sources[0].model].tensors[t.sources[0].name]
+        floating = first.dtype.is_floating_point
+        merged = floating and recipe.is_merged(t.name)
+        refs = [src.model for src in recipe.slices[t.slice].sources]
+        at_base = refs.index(recipe.base) if recipe.base in refs else None
+        pairs = [(s.model, s.name) for s in t.sources]
+        params: dict[str, Any] = {}
+        model_params: list[dict[str, Any]] = []
+        base_input = None
+        if merged:
+            params, model_params = recipe.resolve_slice(t.slice, t.name, [s.name for s in t.sources], t.pos)
+            order = list(range(len(pairs)))
+            if at_base is None and method.needs_base_with(params):
+                raise RecipeError(
+                    f"slices[{t.slice}]: {method.name} with these parameters reads the base's "
+                    f"layers (tensor {t.name}), so the base must be one of the slice's sources"
+                )
+            if at_base is not None:
+                order.remove(at_base)
+                if method.needs_base_with(params):
+                    base_input = pairs[at_base]  # θ0: the base's layers in this slice
+                else:
+                    order.insert(0, at_base)  # slerp and friends: the base is the t = 0 end
+            inputs = tuple(pairs[k] for k in order)
+            model_params = [model_params[k] for k in order]
+            try:
+                method.check(params, model_params)
+            except RecipeError as exc:
+                raise RecipeError(f"tensor {t.name} (slices[{t.slice}]): {exc}") from None
+        else:  # excluded or not float: the slice's base source, else its first, unchanged
+            inputs = (pairs[at_base if at_base is not None else 0],)
+        jobs.append(TensorJob(
+            name=t.name, shape=t.shape, dtype=out_dtype if floating else first.dtype, merged=merged,
+            params=params, model_params=tuple(model_params), inputs=inputs, base_input=base_input,
+        ))
+    compat = check_compatibility(reference, [])
+    _check_tokenizer_source(recipe, reference, models, compat)
+    notes = method.check_sources(models, {j.name: j.model_params for j in jobs if j.merged})
+    plan = MergePlan(
+        recipe=recipe, method=method, base=base, models=models, reference=reference, jobs=jobs,
+        out_dtype=out_dtype, num_layers=layout.num_layers, compatibility=compat, notes=notes,
+        layout=layout, config_updates=dict(layout.config_updates),
+    )
+    names = [j.name for j in jobs]
+    plan.warnings += recipe.selection_warnings(names, [j.name for j in jobs if j.merged], layout.num_layers)
+    return plan
+
+
+def job_sources(plan: MergePlan, job: TensorJob) -> tuple[list[tuple[Checkpoint, str]], bool]:
+    """The (checkpoint, tensor name) pairs one job reads, in order, and whether the first is θ0."""
+    if job.inputs:
+        if not job.merged:
+            return [(plan.models[i], name) for i, name in job.inputs[:1]], False
+        with_base = job.base_input is not None
+        pairs = [job.base_input, *job.inputs] if job.base_input is not None else list(job.inputs)
+        return [(plan.models[i], name) for i, name in pairs], with_base
+    if not job.merged:
+        return [(plan.reference, job.name)], False
+    with_base = plan.base is not None and plan.method.needs_base_with(job.params)
+    ckpts = [plan.base, *plan.models] if with_base else list(plan.models)
+    return [(c, job.name) for c in ckpts if c is not None], with_base
 
 
 def run_merge(
@@ -330,23 +421,19 @@ def read_inputs(
 ) -> Inputs:
     """One job's input tensors; with ``fan_out``, its checkpoints are read in parallel."""
     rows = job.shape[0] if job.shape else None
-    with_base = job.merged and plan.base is not None and plan.method.needs_base_with(job.params)
-    if not job.merged:
-        ckpts = [plan.reference]
-    else:
-        ckpts = [plan.base, *plan.models] if with_base else list(plan.models)
+    sources, with_base = job_sources(plan, job)
     buffers = [
-        pool.take(c.tensors[job.name].nbytes) if pool is not None and c.format == "safetensors" else None
-        for c in ckpts
+        pool.take(c.tensors[name].nbytes) if pool is not None and c.format == "safetensors" else None
+        for c, name in sources
     ]
 
     def read(i: int) -> torch.Tensor:
-        return _read(ckpts[i], job.name, rows, buffers[i])
+        return _read(sources[i][0], sources[i][1], rows, buffers[i])
 
-    if fan_out is not None and len(ckpts) > 1:
-        tensors = list(fan_out.map(read, range(len(ckpts))))
+    if fan_out is not None and len(sources) > 1:
+        tensors = list(fan_out.map(read, range(len(sources))))
     else:
-        tensors = [read(i) for i in range(len(ckpts))]
+        tensors = [read(i) for i in range(len(sources))]
     taken = [b for b in buffers if b is not None]
     if not job.merged:
         return Inputs(base=tensors[0], models=[], buffers=taken)
@@ -372,12 +459,13 @@ def compute_tensor(
 def _compute(
     plan: MergePlan, job: TensorJob, device: torch.device, inputs: Inputs, out_pool: BufferPool | None
 ) -> torch.Tensor:
+    sources, _ = job_sources(plan, job)
     if not job.merged:
         t = inputs.base
         if t is None:
             raise RuntimeError(f"internal: no input read for {job.name}")
         if t.is_floating_point():
-            _check_finite(t, plan.reference, job.name)
+            _check_finite(t, sources[0][0], sources[0][1])
             return t.to(job.dtype)
         return t
     ctx = TensorContext(
@@ -396,8 +484,9 @@ def _compute(
         try:
             fused = plan.method.merge_fused_cpu(ctx, job.dtype)
         except NonFiniteInput as exc:  # the kernel found NaN/inf: name the checkpoint
-            ckpt = plan.base if exc.index is None else plan.models[exc.index]
-            raise _nonfinite_error(ckpt or plan.reference, job.name) from None
+            with_base = inputs.base is not None
+            ckpt, name = sources[0 if exc.index is None else exc.index + with_base]
+            raise _nonfinite_error(ckpt, name) from None
         finally:
             ctx.out_buffer = None
             if buffer is not None and not (fused is not None and out_pool.owns(fused)):
@@ -405,10 +494,9 @@ def _compute(
         if fused is not None:
             return fused
     with_base = inputs.base is not None
-    ckpts = [plan.base, *plan.models] if with_base else list(plan.models)
     raw = [inputs.base, *inputs.models] if with_base else inputs.models
     on_device = [_to_compute(t, device) for t in raw]
-    _check_all_finite(on_device, ckpts, job.name)
+    _check_all_finite(on_device, sources)
     ctx.base = on_device[0] if with_base else None
     ctx.models = on_device[with_base:]
     out = plan.method.merge(ctx).to(dtype=job.dtype)
@@ -446,15 +534,13 @@ def _to_compute(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t.to(device, non_blocking=t.is_pinned()).to(torch.float32)
 
 
-def _check_all_finite(tensors: list[torch.Tensor], ckpts: list[Checkpoint | None], name: str) -> None:
+def _check_all_finite(tensors: list[torch.Tensor], sources: list[tuple[Checkpoint, str]]) -> None:
     """One device-side test for all inputs (a single sync on a GPU); the culprit is named."""
     if not tensors:
         return
     if bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
         return
-    for t, ckpt in zip(tensors, ckpts, strict=True):
-        if ckpt is None:
-            raise RuntimeError(f"internal: an input of {name} has no checkpoint")
+    for t, (ckpt, name) in zip(tensors, sources, strict=True):
         _check_finite(t, ckpt, name)
 
 

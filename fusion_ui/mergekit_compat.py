@@ -25,6 +25,11 @@ the exported file states in comments:
 - Filter lists: read as mergekit does (first match wins, ``"*"`` or no filter is a catch-all,
   no catch-all falls through to the next level); keys that would change mergekit's output and
   that fusion_ui does not do yet are refused by name, never dropped.
+- Slices (``slices:``, frankenmerges): read as mergekit does: each source's ``layer_range`` is
+  [first, end), embeddings come from the first slice's sources and the final norm and head from
+  the last slice's, ramps run over each slice's layers, and a source's parameters win over its
+  slice's, which win over the global ones (``fusion_ui.recipe`` documents the native form, which
+  is the same). ``passthrough`` copies its one source's tensors, times ``scale``.
 - SCE: fusion_ui's ``sce`` is mergekit's (``fusion_ui/methods/sce.py`` names its two
   differences on purpose: a tensor whose top-k count rounds to 0 keeps one element, and ties
   at the k-th variance follow one stated rule).
@@ -64,6 +69,7 @@ _FROM_MERGEKIT = {
     "slerp": "slerp",
     "model_stock": "model_stock",
     "sce": "sce",
+    "passthrough": "passthrough",
 }
 _TO_MERGEKIT = {v: k for k, v in _FROM_MERGEKIT.items()}
 
@@ -106,8 +112,8 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
             f"mergekit method {mk_method!r} is not supported by fusion_ui; supported: "
             f"{', '.join(_FROM_MERGEKIT)}"
         )
-    if "slices" in data:
-        raise RecipeError("mergekit `slices:` (layer stacking / passthrough) is not supported; use `models:`")
+    if data.get("slices") is not None and data.get("models") is not None:
+        raise RecipeError("mergekit config gives both `models:` and `slices:`; give one of them")
     if "modules" in data:
         raise RecipeError("mergekit `modules:` (a separate merge per sub-model) is not supported; give "
                           "one `models:` list for the whole model")
@@ -134,6 +140,17 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
         if value is not _UNSET:
             g_params[key] = value
 
+    if data.get("slices") is not None:
+        recipe_data = {
+            "method": method_name, "base": base, "parameters": g_params, "overrides": overrides,
+            "slices": _slices(mk_method, method, base, _list(data.get("slices"), "slices"), g_params),
+        }
+        if mk_method == "slerp" and not _sets(recipe_data, "t"):
+            raise RecipeError("mergekit slerp needs the parameter t")
+        return _common_keys(recipe_data, data, tokenizer_block, mk_method, method, g_params)
+    if method_name == "passthrough" and len(entries) != 1:
+        raise RecipeError(f"mergekit passthrough takes exactly one model (or `slices:`), got {len(entries)}")
+
     models: list[dict[str, Any]] = []
     for ref, params in entries:
         if method_name == "slerp":
@@ -150,28 +167,119 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
         if "t" not in g_params:
             raise RecipeError("mergekit slerp needs the parameter t")
     else:
-        share = _share_param(method)  # the per-model parameter mergekit's `density` sets, if any
         global_density = g_params.pop(_MK_DENSITY, 1.0)  # mergekit's default: keep everything
-        wants_weight = any(p.name == "weight" for p in method.model_params())
-        recipe_models = []
-        for i, m in enumerate(models):
-            params: dict[str, Any] = {}
-            for key, value in m["raw"].items():
-                if key == "lambda":  # della's per-model lambda: mergekit applies the first one
-                    g_params.setdefault("lambda", value)
-                    continue
-                if key == "weight" and mk_method in _MK_UNWEIGHTED:
-                    continue  # mergekit reads no weight for this method (its own tests give one)
-                value = _value(key, value, overrides, i)
-                if value is not _UNSET:
-                    params[key] = value
-            if wants_weight and "weight" not in params and "weight" not in g_params:
-                raise RecipeError(f"mergekit requires a weight for model {m['model']!r}")
-            density = params.pop(_MK_DENSITY, global_density)
-            if share is not None:  # otherwise mergekit accepts `density` and ignores it
-                params[share.name] = density if share.name == _MK_DENSITY else complement_value(density)
-            recipe_models.append({"model": m["model"], **params})
+        recipe_models = [
+            {"model": m["model"], **_model_params(mk_method, method, m["model"], m["raw"], overrides, i,
+                                                   g_params, global_density, "weight" in g_params)}
+            for i, m in enumerate(models)
+        ]
+    recipe_data: dict[str, Any] = {
+        "method": method_name,
+        "base": base,
+        "models": recipe_models,
+        "parameters": g_params,
+        "overrides": overrides,
+    }
+    return _common_keys(recipe_data, data, tokenizer_block, mk_method, method, g_params)
 
+
+def _model_params(
+    mk_method: str, method: MergeMethod, ref: str, raw: dict[str, Any], overrides: list[dict[str, Any]],
+    index: int, g_params: dict[str, Any], density: Any, weight_given: bool,
+) -> dict[str, Any]:
+    """One model's (or slice source's) mergekit parameters as ours; filter lists become
+    ``overrides`` keyed by ``index``, mergekit's ``density`` our share parameter."""
+    share = _share_param(method)  # the per-model parameter mergekit's `density` sets, if any
+    params: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "lambda":  # della's per-model lambda: mergekit applies the first one
+            g_params.setdefault("lambda", value)
+            continue
+        if key == "weight" and mk_method in _MK_UNWEIGHTED:
+            continue  # mergekit reads no weight for this method (its own tests give one)
+        value = _value(key, value, overrides, index)
+        if value is not _UNSET:
+            params[key] = value
+    if any(p.name == "weight" for p in method.model_params()) and "weight" not in params and not weight_given:
+        raise RecipeError(f"mergekit requires a weight for model {ref!r}")
+    density = params.pop(_MK_DENSITY, density)
+    if share is not None:  # otherwise mergekit accepts `density` and ignores it
+        params[share.name] = density if share.name == _MK_DENSITY else complement_value(density)
+    return params
+
+
+def _slices(
+    mk_method: str, method: MergeMethod, base: str | None, slices: list[Any], g_params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """mergekit ``slices:`` as ours: each slice's sources (with ``layer_range``), its own
+    parameters and the overrides its filter lists make (``models:`` keyed by source index)."""
+    if not slices:
+        raise RecipeError("mergekit `slices:` is empty; give at least one slice with its `sources:`")
+    global_density = g_params.pop(_MK_DENSITY, 1.0)
+    out = []
+    for i, sl in enumerate(slices):
+        where = f"slices[{i}]"
+        sl = _mapping(sl, where)
+        for key in sl:
+            if key == "base_model" and sl[key] is not None and _model_ref(sl[key]) != base:
+                raise RecipeError(f"mergekit `{where}.base_model:` (a base per slice) is not supported yet; "
+                                  "give one `base_model:` for the whole config")
+            if key == "residual_weight" and sl[key] is not None:
+                raise RecipeError(f"mergekit `{where}.residual_weight:` is not supported yet; remove it")
+            if key not in ("sources", "parameters", "base_model", "residual_weight"):
+                raise RecipeError(f"mergekit `{where}.{key}:` is not a slice key (sources, parameters)")
+        overrides: list[dict[str, Any]] = []
+        s_params: dict[str, Any] = {}
+        for key, value in _mapping(sl.get("parameters"), f"{where}.parameters").items():
+            if key == "int8_mask":
+                continue
+            value = _value(key, value, overrides, None)
+            if value is not _UNSET:
+                s_params[key] = value
+        density = s_params.pop(_MK_DENSITY, global_density)
+        sources = []
+        raw_sources = _list(sl.get("sources"), f"{where}.sources")
+        if not raw_sources:
+            raise RecipeError(f"mergekit `{where}.sources:` is empty; give each source's model and layer_range")
+        for k, src in enumerate(raw_sources):
+            swhere = f"{where}.sources[{k}]"
+            src = _mapping(src, swhere)
+            for key in src:
+                if key not in ("model", "layer_range", "parameters"):
+                    raise RecipeError(f"mergekit `{swhere}.{key}:` is not a source key (model, layer_range, parameters)")
+            if "model" not in src:
+                raise RecipeError(f"mergekit `{swhere}` has no `model:`")
+            lr = src.get("layer_range")
+            if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                    for x in lr)):
+                raise RecipeError(f"mergekit `{swhere}.layer_range:` must be [first, end] (two whole "
+                                  f"numbers), got {lr!r}")
+            ref = _model_ref(src["model"])
+            raw = dict(_mapping(src.get("parameters"), f"{swhere}.parameters"))
+            if method.needs_base and ref == base:  # θ0's layers: no per-model values of a fine-tune
+                raw = {}
+            params = _model_params(mk_method, method, ref, raw, overrides, k, g_params, density,
+                                   "weight" in g_params or "weight" in s_params or (method.needs_base and ref == base))
+            sources.append({"model": ref, "layer_range": lr, **params})
+        if mk_method == "slerp" and (base is None or base not in [s["model"] for s in sources]):
+            raise RecipeError(f"mergekit slerp needs base_model among each slice's sources; {where} does not have it")
+        out.append({"sources": sources, "parameters": s_params, "overrides": overrides})
+    return out
+
+
+def _sets(recipe_data: dict[str, Any], key: str) -> bool:
+    """Whether converted slices data sets ``key`` anywhere (globally, per slice, in an override)."""
+    levels = [recipe_data["parameters"], *(o["parameters"] for o in recipe_data["overrides"])]
+    for sl in recipe_data["slices"]:
+        levels += [sl["parameters"], *(o["parameters"] for o in sl["overrides"])]
+    return any(key in values for values in levels)
+
+
+def _common_keys(
+    recipe_data: dict[str, Any], data: dict[str, Any], tokenizer_block: dict[str, Any], mk_method: str,
+    method: MergeMethod, g_params: dict[str, Any],
+) -> dict[str, Any]:
+    """mergekit's per-method defaults, dtype and tokenizer, added to converted recipe data."""
     if mk_method in _MK_NORMALIZE:
         g_params.setdefault("normalize", _MK_NORMALIZE[mk_method])
     if mk_method == "model_stock":
@@ -185,13 +293,6 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
     # in float32 and writes the recipe's dtype
     dtype = data.get("out_dtype") or data.get("dtype")
     tokenizer = tokenizer_block.get("source", data.get("tokenizer_source"))
-    recipe_data: dict[str, Any] = {
-        "method": method_name,
-        "base": base,
-        "models": recipe_models,
-        "parameters": g_params,
-        "overrides": overrides,
-    }
     if dtype:
         if dtype not in _MK_DTYPES:
             raise RecipeError(f"mergekit dtype {dtype!r} is not supported; use float32, float16 or bfloat16")
@@ -224,7 +325,14 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
     if recipe.base and method.needs_base:
         # mergekit merges a linear config's base_model as one more model (and wants its weight)
         out["base_model"] = recipe.base
-    if mk_method == "slerp":
+    slices = getattr(recipe, "slices", None)
+    if slices:
+        if mk_method == "slerp":
+            out["base_model"] = recipe.base or slices[0].sources[0].model
+        out["slices"] = [_slice_to_mergekit(method, sl) for sl in slices]
+        if any(sl.overrides for sl in slices):
+            notes.append("per-slice overrides (mergekit's per-slice filter lists) are not exported")
+    elif mk_method == "slerp":
         out["base_model"] = recipe.models[0].model
         out["models"] = [{"model": recipe.models[0].model}, {"model": recipe.models[1].model}]
     else:
@@ -269,6 +377,11 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
                 )
         else:
             gparams[spec.name] = value
+    as_filters = _overrides_as_filters(recipe.overrides, {p.name for p in method.global_params()})
+    if as_filters is not None:
+        for key, entries in as_filters.items():
+            if key in gparams:
+                gparams[key] = [*entries, {"value": gparams[key]}]
     if gparams:
         out["parameters"] = gparams
     out["dtype"] = recipe.dtype or "bfloat16"
@@ -285,7 +398,7 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
         notes.append(f"random masks: fusion_ui seeds them (seed {recipe.seed}); mergekit's differ on every run")
     if recipe.include or recipe.exclude:
         notes.append("include/exclude patterns (tensors kept from the base) have no mergekit equivalent")
-    if recipe.overrides:
+    if recipe.overrides and as_filters is None:
         notes.append("per-pattern/per-layer overrides have no exact mergekit equivalent; not exported")
     provenance = _weights_from_comments(getattr(recipe, "weights_from", None))
     if provenance:
@@ -295,6 +408,49 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
     header = "".join(f"# note: {n}\n" for n in notes)
     text = "# mergekit config equivalent to this fusion_ui recipe (written by fusion_ui)\n" + header + provenance
     return text + yaml.safe_dump(out, sort_keys=False), notes
+
+
+def _overrides_as_filters(overrides: list[Any], global_names: set[str]) -> dict[str, list[dict[str, Any]]] | None:
+    """Overrides that are mergekit filter lists (``*text*`` patterns of global values, no layer
+    range), as those lists (first match wins there, the last here); None if any is not."""
+    lists: dict[str, list[dict[str, Any]]] = {}
+    for ov in overrides:
+        pattern = ov.match[0] if len(ov.match) == 1 else ""
+        text = pattern[1:-1]
+        if (ov.layers is not None or ov.models or len(pattern) < 3 or not pattern.startswith("*")
+                or not pattern.endswith("*") or any(c in text for c in "*?[]")
+                or pattern.startswith("re:") or not set(ov.parameters) <= global_names):
+            return None
+    for ov in reversed(overrides):
+        for key, value in ov.parameters.items():
+            lists.setdefault(key, []).append({"filter": ov.match[0][1:-1], "value": value})
+    return lists
+
+
+def _slice_to_mergekit(method: MergeMethod, sl: Any) -> dict[str, Any]:
+    """One slice as mergekit writes it: sources with layer_range, values given (shares as density)."""
+    def given(values: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for spec in method.params:
+            value = spec.value_in(values)
+            if value is None:
+                continue
+            if spec.name != _MK_DENSITY and spec.complement == _MK_DENSITY:
+                out[_MK_DENSITY] = complement_value(value)
+            else:
+                out[spec.name] = value
+        return out
+
+    sources = []
+    for src in sl.sources:
+        entry: dict[str, Any] = {"model": src.model, "layer_range": list(src.layer_range)}
+        if given(src.parameters):
+            entry["parameters"] = given(src.parameters)
+        sources.append(entry)
+    out: dict[str, Any] = {"sources": sources}
+    if given(sl.parameters):
+        out["parameters"] = given(sl.parameters)
+    return out
 
 
 def _weights_from_comments(source: Any) -> str:

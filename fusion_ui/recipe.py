@@ -38,6 +38,24 @@ rather than set by hand (:class:`WeightsFrom`; LM-Cocktail, :mod:`fusion_ui.tune
 
 It is a record, not an input: the merge uses the ``models:`` weights (which the user may have
 edited), and the model card shows both.
+
+Optional ``slices:`` build the output's layer stack from layer ranges of the models (a
+frankenmerge, mergekit's ``slices:``), each slice merged by ``method`` from its sources::
+
+    method: passthrough               # one source per slice: its layers copied (times `scale`)
+    slices:
+      - sources: [{model: ./a, layer_range: [0, 24]}]         # [first, end): layers 0..23 of a
+      - sources: [{model: ./b, layer_range: [8, 32], scale: 1.0}]
+
+With several sources per slice (each covering the same number of layers), the slice's layers are
+merged by ``method`` (slerp, linear, ...; the base, where the method reads one, is the source that
+is ``base:``). ``models:`` is then derived: each model the slices name, once, in order. Embeddings
+come from the first slice's sources and the final norm and head from the last slice's, as in
+mergekit. Also as in mergekit: a ramp runs over each slice's layers (0 at its first, 1 at its last;
+a one-layer slice sits at 1), tensors outside the layer stack sit at 0, and parameters are read
+narrowest first (a source's, then its slice's, then the recipe's; a pattern in ``overrides:`` at
+each level wins over that level's plain values); per-source values match the source's own tensor
+name, global values the output's.
 """
 
 from __future__ import annotations
@@ -86,6 +104,60 @@ class ModelEntry(BaseModel):
         return data
 
 
+class SliceSource(BaseModel):
+    """One model's layer range in a slice, and its per-model parameters there."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str  # folder or hub id, as in models:
+    layer_range: tuple[int, int]  # [first, end): half-open, as mergekit writes it
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_parameters(cls, data: Any) -> Any:
+        """Accept ``{model, layer_range, scale: 0.5}`` as well as ``parameters: {scale: 0.5}``."""
+        if isinstance(data, dict):
+            data = dict(data)
+            params = dict(data.pop("parameters", None) or {})
+            for key in [k for k in data if k not in ("model", "layer_range")]:
+                params[key] = data.pop(key)
+            data["parameters"] = params
+        return data
+
+    @field_validator("layer_range")
+    @classmethod
+    def _ordered_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] < 0 or v[1] <= v[0]:
+            raise ValueError(f"layer_range must be [first, end) with 0 <= first < end, got {list(v)}")
+        return v
+
+    @property
+    def num_layers(self) -> int:
+        return self.layer_range[1] - self.layer_range[0]
+
+
+class Slice(BaseModel):
+    """Consecutive output layers: the sources' layer ranges, merged by the recipe's method."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sources: list[SliceSource] = Field(min_length=1)
+    parameters: dict[str, ParamValue] = Field(default_factory=dict)  # for this slice's tensors
+    overrides: list[Override] = Field(default_factory=list)  # `models:` keys: source indices
+
+    @field_validator("overrides")
+    @classmethod
+    def _source_indices(cls, v: list[Override]) -> list[Override]:
+        """Source indices read back from YAML/JSON as text ("0") are the same as 0."""
+        return [ov.model_copy(update={"models": {int(k) if str(k).isdigit() else k: vals
+                                                 for k, vals in ov.models.items()}}) for ov in v]
+
+    @property
+    def num_layers(self) -> int:
+        return self.sources[0].num_layers
+
+
 class Override(BaseModel):
     """Parameter values for the tensors that match a name pattern and/or a layer range."""
 
@@ -123,6 +195,9 @@ class Override(BaseModel):
             if layer is None or not self.layers[0] <= layer <= self.layers[1]:
                 return False
         return name_matches(name, self.match)
+
+
+Slice.model_rebuild()
 
 
 class CandidateScore(BaseModel):
@@ -209,6 +284,33 @@ class Recipe(BaseModel):
     vocab: Literal["crop_to_base", "error"] = "crop_to_base"  # embeddings with extra rows
     name: str | None = None  # shown in the model card
     weights_from: WeightsFrom | None = None  # where computed weights came from (a record, see above)
+    slices: list[Slice] = Field(default_factory=list)  # a layer stack (see above); [] = whole models
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_from_slices(cls, data: Any) -> Any:
+        """With ``slices:``, ``models:`` is each model the slices name, once (derived if left out)."""
+        if isinstance(data, dict) and data.get("slices") and not data.get("models"):
+            refs: list[str] = []
+            for sl in data["slices"]:
+                for src in (sl.get("sources") or []) if isinstance(sl, dict) else []:
+                    ref = src.get("model") if isinstance(src, dict) else None
+                    if isinstance(ref, str) and ref not in refs:
+                        refs.append(ref)
+            data = {**data, "models": [{"model": r} for r in refs]}
+        return data
+
+    @model_validator(mode="after")
+    def _slices_name_the_models(self) -> Recipe:
+        if not self.slices:
+            return self
+        refs = list(dict.fromkeys(src.model for sl in self.slices for src in sl.sources))
+        if [e.model for e in self.models] != refs or any(e.parameters for e in self.models):
+            raise ValueError(
+                "with slices:, leave models: out (it is each model the slices name, once); give "
+                "per-model parameters on the slices' sources"
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_score_per_model(self) -> Recipe:
@@ -252,9 +354,11 @@ class Recipe(BaseModel):
                         f"method {m.name!r} with these {where} needs a base model: set `base:` in the "
                         "recipe (or change the parameter that uses it, e.g. on_deltas: false)"
                     )
-        if n < m.min_models:
+        if self.slices:
+            self._validate_slices(m)
+        elif n < m.min_models:
             raise RecipeError(f"method {m.name!r} needs at least {m.min_models} model(s), got {n}")
-        if m.max_models is not None and n > m.max_models:
+        if not self.slices and m.max_models is not None and n > m.max_models:
             raise RecipeError(f"method {m.name!r} takes at most {m.max_models} model(s), got {n}")
         _check_values(m, self.parameters, "parameters.", allow_per_model=True)
         for i, entry in enumerate(self.models):
@@ -275,6 +379,88 @@ class Recipe(BaseModel):
                 _valid_patterns(patterns)
             except ValueError as exc:
                 raise RecipeError(f"{where}: {exc}") from None
+
+    def _validate_slices(self, m: MergeMethod) -> None:
+        """Each slice's source count, ranges and parameters (the models' layer counts and
+        shapes are checked against the opened checkpoints: :func:`fusion_ui.slices.plan_slices`)."""
+        for j, ov in enumerate(self.overrides):
+            if ov.models:
+                raise RecipeError(
+                    f"overrides[{j}].models: with slices:, per-model overrides go in the slice "
+                    "(slices[i].overrides, keyed by source index)"
+                )
+        for i, sl in enumerate(self.slices):
+            where = f"slices[{i}]"
+            counts = [src.num_layers for src in sl.sources]
+            if len(set(counts)) > 1:
+                raise RecipeError(
+                    f"{where}: every source of a slice covers the same number of layers; the "
+                    f"layer_ranges give {', '.join(map(str, counts))}"
+                )
+            refs = [src.model for src in sl.sources]
+            with_base = m.needs_base and self.base in refs
+            n = len(refs) - with_base
+            if m.needs_base and not with_base:
+                raise RecipeError(
+                    f"{where}: method {m.name!r} reads the base's layers, so the base {self.base} "
+                    "must be one of the slice's sources (with its layer_range)"
+                )
+            if n < m.min_models:
+                raise RecipeError(f"{where}: method {m.name!r} needs at least {m.min_models} source(s) "
+                                  f"besides the base, got {n}")
+            if m.max_models is not None and n > m.max_models:
+                raise RecipeError(f"{where}: method {m.name!r} takes at most {m.max_models} source(s) "
+                                  f"per slice, got {n}")
+            if len(set(refs)) < len(refs):
+                raise RecipeError(f"{where}: a model appears twice among the sources; give it once")
+            _check_values(m, sl.parameters, f"{where}.parameters.", allow_per_model=True)
+            for k, src in enumerate(sl.sources):
+                _check_values(m, src.parameters, f"{where}.sources[{k}].", allow_per_model=True,
+                              only_per_model=True)
+            for j, ov in enumerate(sl.overrides):
+                _check_values(m, ov.parameters, f"{where}.overrides[{j}].parameters.", allow_per_model=True)
+                for key, values in ov.models.items():
+                    if not (str(key).isdigit() and int(key) < len(sl.sources)):
+                        raise RecipeError(
+                            f"{where}.overrides[{j}].models: {key!r} is no source of the slice; use "
+                            f"a source index 0..{len(sl.sources) - 1}"
+                        )
+                    _check_values(m, values, f"{where}.overrides[{j}].models[{key}].",
+                                  allow_per_model=True, only_per_model=True)
+
+    def resolve_slice(
+        self, index: int | None, name: str, source_names: list[str], pos: float
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Global and per-source parameter values for one output tensor of a ``slices:`` recipe.
+
+        ``index``: the slice whose settings apply; ``source_names``: the tensor's name in each
+        of the slice's sources; ``pos``: its place on the ramps (see the module docstring).
+        Narrowest first, as mergekit reads them: a source's, its slice's, the recipe's."""
+        m = self.merge_method
+        sl = self.slices[index] if index is not None else None
+
+        def level(values: dict[str, Any], overrides: list[Override], tensor: str,
+                  source: int | None) -> list[dict[str, Any]]:
+            layer = layer_index(tensor)
+            out = [values]
+            for ov in overrides:
+                if ov.applies_to(tensor, layer):
+                    out.append(ov.parameters if source is None else
+                               next((v for k, v in ov.models.items() if int(k) == source), {}))
+            return out
+
+        g_layers = level(self.parameters, self.overrides, name, None)
+        if sl is not None:
+            g_layers += level(sl.parameters, sl.overrides, name, None)
+        g = {spec.name: _pick(spec, g_layers, pos, spec.default) for spec in m.global_params()}
+        per_model = []
+        for k, tensor in enumerate(source_names):
+            layers = level(self.parameters, self.overrides, tensor, None)
+            if sl is not None:
+                layers += level(sl.parameters, sl.overrides, tensor, None)
+                layers += [sl.sources[k].parameters] + level({}, sl.overrides, tensor, k)[1:]
+            per_model.append({s.name: _pick(s, layers, pos, s.default) for s in m.model_params()})
+        return g, per_model
 
     def updated(self, *, source: str = "recipe", **changes: Any) -> Recipe:
         """A copy with ``changes`` applied and validated like a loaded recipe (``model_copy``
@@ -360,7 +546,16 @@ class Recipe(BaseModel):
         data["models"] = [
             {"model": e.model, **e.parameters} for e in self.models
         ]
-        for key in ("include", "exclude", "overrides", "parameters"):
+        if self.slices:
+            del data["models"]  # derived from the slices
+            data["slices"] = [
+                {"sources": [{"model": src.model, "layer_range": list(src.layer_range), **src.parameters}
+                             for src in sl.sources],
+                 **({"parameters": dict(sl.parameters)} if sl.parameters else {}),
+                 **({"overrides": [ov.model_dump(mode="json") for ov in sl.overrides]} if sl.overrides else {})}
+                for sl in self.slices
+            ]
+        for key in ("include", "exclude", "overrides", "parameters", "slices"):
             if not data[key]:
                 del data[key]
         for key in ("name", "weights_from"):
@@ -389,6 +584,9 @@ class Recipe(BaseModel):
                 "base": fix(self.base),
                 "models": [e.model_copy(update={"model": fix(e.model), "parameters": fix_paths(e.parameters)})
                            for e in self.models],
+                "slices": [sl.model_copy(update={"sources": [
+                    src.model_copy(update={"model": fix(src.model), "parameters": fix_paths(src.parameters)})
+                    for src in sl.sources]}) for sl in self.slices],
                 "parameters": fix_paths(self.parameters),
                 "tokenizer_source": tok,
             }

@@ -25,15 +25,19 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA G
 # Element-wise methods whose reference is a fixed sequence of IEEE float32 operations, and whose
 # random draws are integer hashes: the GPU must give the CPU kernels' bits exactly.
 EXACT = {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune",
-         "breadcrumbs", "breadcrumbs_ties"}
+         "breadcrumbs", "breadcrumbs_ties", "passthrough"}
 
 
 def recipe_for(method: str, family: dict[str, Path], **extra: Any) -> dict:
     fts = [str(family[k]) for k in sorted(family) if k != "base"]
     if method == "slerp":
         fts = fts[:2]
+    if method == "passthrough":  # one model's tensors, times its scale
+        fts = fts[:1]
     models = [{"model": m, "weight": w} for m, w in zip(fts, (0.5, 0.3, 0.2), strict=False)]
-    if not METHODS[method].model_params():  # SLERP and Model Stock take no weights
+    if method == "passthrough":
+        models = [{"model": fts[0], "scale": 0.5}]
+    elif not METHODS[method].model_params():  # SLERP and Model Stock take no weights
         models = [{"model": m} for m in fts]
     recipe = {"method": method, "models": models, "seed": 3, **extra}
     if METHODS[method].needs_base:

@@ -59,7 +59,7 @@ def test_filters_become_overrides_first_match_wins() -> None:
 
 
 def test_unsupported_mergekit_features_are_named() -> None:
-    with pytest.raises(RecipeError, match="passthrough"):
+    with pytest.raises(RecipeError, match="`slices:` is empty"):  # passthrough and slices: supported
         recipe_from_dict({"merge_method": "passthrough", "slices": []})
     with pytest.raises(RecipeError, match="requires a weight"):
         recipe_from_dict({"merge_method": "task_arithmetic", "base_model": "b", "models": [{"model": "x"}]})

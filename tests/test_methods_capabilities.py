@@ -39,6 +39,7 @@ def test_every_method_declares_how_it_uses_the_base_the_seed_and_a_drop() -> Non
         "sce": ("required", None, None),
         "fisher": ("optional", "drop_rate", "rescale"),  # DARE in front while `dare` is on
         "regmean": ("optional", "drop_rate", "rescale"),
+        "passthrough": ("unused", None, None),  # one model's tensors, times scale (slices:)
     }
     assert set(METHODS) == set(expected)
     for name, (base, drop, rescale) in expected.items():

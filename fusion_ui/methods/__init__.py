@@ -10,6 +10,7 @@ from fusion_ui.methods.fisher import FisherMerge
 from fusion_ui.methods.linear import LinearMerge
 from fusion_ui.methods.model_stock import ModelStockMerge
 from fusion_ui.methods.params import ParamSpec
+from fusion_ui.methods.passthrough import PassthroughMerge
 from fusion_ui.methods.regmean import RegMeanMerge
 from fusion_ui.methods.sce import SceMerge
 from fusion_ui.methods.slerp import SlerpMerge
@@ -25,6 +26,7 @@ METHODS: dict[str, MergeMethod] = {
         SceMerge(),
         FisherMerge(),
         RegMeanMerge(),
+        PassthroughMerge(),
     )
 }
 for _method in METHODS.values():

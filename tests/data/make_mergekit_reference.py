@@ -93,6 +93,45 @@ CASES: dict[str, dict[str, dict[str, Any]]] = {
                             {"model": "{ft1}", "parameters": {"weight": 1.0}}],
                  "parameters": {"filter_wise": True}},
     },
+    # frankenmerges: `slices:` stacking layer ranges (ft0's layers 0-1, then ft1's layer 1)
+    "passthrough": {
+        "stack": {"merge_method": "passthrough", "dtype": "float32",
+                  "slices": [{"sources": [{"model": "{ft0}", "layer_range": [0, 2]}]},
+                             {"sources": [{"model": "{ft1}", "layer_range": [1, 2]}]}]},
+        # `scale` at three levels: per source (first filter match wins, a catch-all ends the
+        # list), per slice, and global (reached where the narrower levels set nothing)
+        "scale": {"merge_method": "passthrough", "dtype": "float32",
+                  "parameters": {"scale": [{"filter": "input_layernorm", "value": 0.5}]},
+                  "slices": [
+                      {"sources": [{"model": "{ft0}", "layer_range": [0, 1]}],
+                       "parameters": {"scale": [{"filter": "q_proj", "value": 2.0}]}},
+                      {"sources": [{"model": "{ft1}", "layer_range": [0, 2],
+                                    "parameters": {"scale": [{"filter": "o_proj", "value": 0.5},
+                                                             {"filter": "down_proj", "value": 0.25},
+                                                             {"value": 1.0}]}}]}]},
+    },
+    # the README's full-range slerp form: one slice, both models' every layer, t ramps per filter
+    "slerp_slices": {
+        "full": {"merge_method": "slerp", "base_model": "{base}", "dtype": "float32",
+                 "slices": [{"sources": [{"model": "{base}", "layer_range": [0, 2]},
+                                         {"model": "{ft0}", "layer_range": [0, 2]}]}],
+                 "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+                                      {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+                                      {"value": 0.5}]}},
+        # base listed second, and a slice of the middle: layer 1 of each
+        "middle": {"merge_method": "slerp", "base_model": "{base}", "dtype": "float32",
+                   "slices": [{"sources": [{"model": "{ft1}", "layer_range": [1, 2]},
+                                           {"model": "{base}", "layer_range": [1, 2]}]}],
+                   "parameters": {"t": 0.3}},
+    },
+    # a method that reads θ0 on slices: the base is the source that is base_model
+    "task_arithmetic_slices": {
+        "ramp": {"merge_method": "task_arithmetic", "base_model": "{base}", "dtype": "float32",
+                 "slices": [{"sources": [{"model": "{base}", "layer_range": [0, 2]},
+                                         {"model": "{ft0}", "layer_range": [0, 2], "parameters": {"weight": 0.7}},
+                                         {"model": "{ft1}", "layer_range": [0, 2],
+                                          "parameters": {"weight": [0.2, 0.6]}}]}]},
+    },
 }
 
 
