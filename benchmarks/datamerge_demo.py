@@ -7,8 +7,8 @@ and of the merge.
     python benchmarks/datamerge_demo.py --synthetic full   # time/memory only, on the 0.9B synthetic family
 
 1. Statistics: for each expert, ``--examples`` (default 200) examples of its own skill from the
-   demo's skill generator (``fusion_ui.demo.skills.training_stream``, a seed of its own, never a
-   word of any eval set), then ``fusion-ui stats fisher`` and ``fusion-ui stats gram`` on them,
+   demo's skill generator (``fusion_ui.demo.stats_examples``, a seed of its own, never a word of
+   any eval set; the app's *Compute statistics* uses the same examples), then ``fusion-ui stats fisher`` and ``fusion-ui stats gram`` on them,
    each run as its own process so that its wall time and peak RSS are its own.
 2. Merges (engine, float32 output, seed 0): task arithmetic λ 1 with weight 1 each (the shipped
    ``recipes/task_arithmetic.yaml``), TIES density 0.8 λ 1.5 (benchmarks/demo_eval.py's preset),
@@ -39,29 +39,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fusion_ui.demo import DEMO_DIR, EXPERT_SKILLS, GENERAL
-from fusion_ui.demo.build import PRESETS, hash_seed, held_out_words
-from fusion_ui.demo.skills import make_example, random_word, write_jsonl
+from fusion_ui.demo.stats_examples import write_stats_examples
 from fusion_ui.evals import evaluate, limit_per_skill, load_eval_sets, score_table
 from fusion_ui.merge import merge_to_state_dict
 from fusion_ui.recipe import recipe_from_dict
 
 DROP_RATE = 0.9
 TIES_DENSITY, TIES_LAMBDA = 0.8, 1.5  # benchmarks/demo_eval.py
-
-
-def stats_examples(skill: str, n: int, folder: Path) -> Path:
-    """``n`` distinct examples of ``skill``, no word of any eval set among them."""
-    cfg = PRESETS["full"]
-    held_out = held_out_words(cfg, [*EXPERT_SKILLS, GENERAL])
-    rng = random.Random(hash_seed(cfg.seed, f"stats/{skill}"))
-    words: list[str] = []
-    while len(words) < n:
-        word = random_word(rng, cfg.min_len, cfg.max_len)
-        if word not in held_out and word not in words:
-            words.append(word)
-    path = folder / f"{skill}_{n}.jsonl"
-    write_jsonl([make_example(skill, w) for w in words], path)
-    return path
 
 
 def run_child(cmd: list[str]) -> tuple[float, float, str]:
@@ -153,7 +137,7 @@ def demo(args: argparse.Namespace) -> None:
     }
     work = Path(args.work or tempfile.mkdtemp(prefix="datamerge-"))
     work.mkdir(parents=True, exist_ok=True)
-    data = {s: stats_examples(s, args.examples, work) for s in experts}
+    data = {s: write_stats_examples(s, args.examples, work) for s in experts}
     cost = statistics(experts, data, work, args.device)
     base = family / "base"
     everyone = [{"model": str(p), "weight": 1.0} for p in experts.values()]

@@ -13,6 +13,7 @@ handles. Each tab's module in ``fusion_ui.ui`` talks to its own facade:
     engine.compose  Compose tab  (fusion_ui.app.compose)   CALM: two frozen models and their bridges
     engine.frozen   Frozen LM tab (fusion_ui.app.frozen)   a soft prompt trained before a frozen LM
     engine.training (fusion_ui.app.training)                training runs as jobs, their loss histories
+    engine.statistics (fusion_ui.app.statistics)            Fisher / RegMean statistics as jobs, reused
     engine.compare  Compare tab  (fusion_ui.app.compare)   side-by-side generation, scoring
     engine.exports  Export tab   (fusion_ui.app.exports)   exports under the root, history
 
@@ -34,6 +35,7 @@ from fusion_ui.app.frozen import FrozenFacade
 from fusion_ui.app.merges import MergeFacade
 from fusion_ui.app.models import ModelsFacade
 from fusion_ui.app.selection import LIMITS, DemoFamily, Limits, Selection
+from fusion_ui.app.statistics import StatisticsFacade
 from fusion_ui.app.sweeps import SweepFacade
 from fusion_ui.app.training import TrainingJobs
 from fusion_ui.runtime.jobs import JobView
@@ -61,6 +63,7 @@ class Engine:
         self.models = ModelsFacade(self.context)
         self.deltas = DeltasFacade(self.context)
         self.merges = MergeFacade(self.context, self.deltas)
+        self.statistics = StatisticsFacade(self.context)
         self.cocktail = CocktailFacade(self.context)
         self.sweeps = SweepFacade(self.context)
         self.training = TrainingJobs(self.context)

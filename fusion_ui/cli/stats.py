@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="compute a model's Fisher or Gram statistics on a few examples (for fisher / regmean merges)",
         description="Run MODEL on the prompt/answer rows of --data and save its diagonal empirical "
         "Fisher (fisher: mean over examples of the squared gradient of the answer-token loss) or the "
-        "Gram matrix XᵀX of every nn.Linear input (gram, for RegMean) into --out, with a JSON naming "
+        "Gram matrix XᵀX of every nn.Linear (and GPT-2 Conv1D) input (gram, for RegMean) into --out, with a JSON naming "
         "the model and the dataset. Recipes point at the folder: `fisher: DIR` or `gram: DIR`.",
     )
     p.add_argument(

@@ -10,13 +10,16 @@ grows until the factorisation holds (then ``lstsq``), never a raw inverse: ``(A 
 weighted average W̄ instead of to zero.
 
 Tensors that are not the weight of an ``nn.Linear`` with a Gram (embeddings, norms, biases) are
-the weighted average; the model card lists how many.
+the weighted average; the model card lists how many. A weight the statistics mark ``transposed``
+(transformers' ``Conv1D``, GPT-2's projections: ``y = x W`` with W (in, out)) is already Wᵀ, so it
+is solved as it is stored.
 """
 
 from __future__ import annotations
 
 import torch
 
+from fusion_ui.errors import RecipeError
 from fusion_ui.methods.base import TensorContext
 from fusion_ui.methods.data_aware import DataAwareMerge, weighted_average, weights_of
 from fusion_ui.methods.params import ParamSpec
@@ -84,12 +87,28 @@ class RegMeanMerge(DataAwareMerge):
         thetas = self.inputs(ctx)
         weights = weights_of(ctx)
         grams = self.statistics(ctx) if thetas[0].dim() == 2 else None
-        if grams is None or grams[0].shape != (thetas[0].shape[1],) * 2:
+        if grams is None:
+            return weighted_average(thetas, weights)
+        transposed = self._transposed(ctx)  # stored (in, out): already Wᵀ
+        inputs = thetas[0].shape[0] if transposed else thetas[0].shape[1]
+        if grams[0].shape != (inputs, inputs):
             return weighted_average(thetas, weights)
         solved = solve_regmean(
             [g.double() for g in grams],
-            [t.double().T for t in thetas],
+            [t.double() if transposed else t.double().T for t in thetas],
             weights,
             float(ctx.params["alpha"]),
         )  # (in, out)
-        return solved.T.to(torch.float32).contiguous()
+        return (solved if transposed else solved.T).to(torch.float32).contiguous()
+
+    def _transposed(self, ctx: TensorContext) -> bool:
+        """Whether this weight is stored (in, out) (a Conv1D), as every model's statistics say."""
+        from fusion_ui.stats.artefact import is_transposed
+
+        seen = {is_transposed(str(mp[self.kind]), ctx.name) for mp in ctx.model_params}
+        if len(seen) > 1:
+            raise RecipeError(
+                f"regmean: the models' gram statistics disagree on the layout of {ctx.name} "
+                "(Conv1D in some, Linear in others): compute them again with `fusion-ui stats gram`"
+            )
+        return seen.pop()

@@ -6,8 +6,8 @@
     read_statistics_info("stats/a_fisher")                    # kind, model identity, counts
 
 ``fisher``: the diagonal empirical Fisher, mean over examples of each example's squared gradient
-of its answer-token loss (:mod:`.fisher`). ``gram``: ``XᵀX`` of every ``nn.Linear`` input over the
-non-padding tokens (:mod:`.gram`). Saved once as safetensors + JSON (:mod:`.artefact`) and
+of its answer-token loss (:mod:`.fisher`). ``gram``: ``XᵀX`` of every ``nn.Linear`` (and GPT-2
+``Conv1D``) input over the non-padding tokens (:mod:`.gram`). Saved once as safetensors + JSON (:mod:`.artefact`) and
 checked against the model a merge gives them to (:mod:`.check`).
 
 The names load on first use, so importing the package does not load torch.

@@ -49,6 +49,8 @@ class StatsInfo:
     examples: int
     shapes: dict[str, tuple[int, ...]]  # stored tensor name -> shape
     aliases: dict[str, str] = field(default_factory=dict)  # gram: weight name -> stored name
+    # gram: weights stored (in, out), the transpose of nn.Linear's (transformers' Conv1D, GPT-2)
+    transposed: frozenset[str] = frozenset()
     fisher_norm: float | None = None  # fisher: sqrt(Σ ‖F‖²) over every tensor (for normalising)
     settings: dict[str, Any] = field(default_factory=dict)  # how they were computed (informational)
 
@@ -72,6 +74,7 @@ def save_statistics(
     tokens: int,
     examples: int,
     aliases: dict[str, str] | None = None,
+    transposed: tuple[str, ...] | list[str] = (),
     settings: dict[str, Any] | None = None,
     force: bool = False,
 ) -> Path:
@@ -103,6 +106,7 @@ def save_statistics(
     else:
         info["definition"] = "sum over non-padding tokens of x x^T of each nn.Linear input x"
         info["aliases"] = dict(aliases or {})
+        info["transposed"] = sorted(transposed)  # Conv1D weights: (in, out), W x -> x W
     return write_artefact(
         target,
         stored,
@@ -153,6 +157,7 @@ def read_statistics_info(folder: str | os.PathLike[str]) -> StatsInfo:
             examples=int(data["examples"]),
             shapes=shapes,
             aliases=dict(data.get("aliases") or {}),
+            transposed=frozenset(data.get("transposed") or ()),
             fisher_norm=float(data["fisher_norm"]) if data.get("fisher_norm") is not None else None,
             settings=dict(data.get("settings") or {}),
         )
@@ -190,6 +195,19 @@ def read_statistic(
             f"cannot read the statistics of {name!r} from {path}: {exc}; compute them again with `fusion-ui stats`"
         ) from exc
     return t.to(device=device, dtype=torch.float32)
+
+
+def is_transposed(folder: str | os.PathLike[str], name: str) -> bool:
+    """Whether the weight ``name`` is stored (in, out) in the model these Gram statistics are of
+    (transformers' Conv1D), so that its Gram multiplies the weight from the left, not its
+    transpose. Read from disk now, like :func:`read_statistic`."""
+    file = Path(folder).expanduser() / CONFIG_FILE
+    try:
+        return name in (json.loads(file.read_text(encoding="utf-8")).get("transposed") or ())
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(
+            f"cannot read {file}: {exc}; compute the statistics again with `fusion-ui stats`"
+        ) from exc
 
 
 def identity_dict(identity: Any) -> dict[str, Any]:

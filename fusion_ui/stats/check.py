@@ -75,6 +75,11 @@ def check_statistics(
     return info
 
 
+def _inputs(info: StatsInfo, name: str, shape: tuple[int, ...]) -> int:
+    """The input width of a linear weight: (out, in) for nn.Linear, (in, out) for a Conv1D."""
+    return shape[0] if name in info.transposed else shape[1]
+
+
 def _layout_problem(info: StatsInfo, ckpt: Checkpoint) -> str | None:
     """What in the stored tensors does not fit ``ckpt``'s tensors, or None."""
     for name in sorted(info.names()):
@@ -90,6 +95,6 @@ def _layout_problem(info: StatsInfo, ckpt: Checkpoint) -> str | None:
         if info.kind == "fisher":
             if tuple(shape) != tuple(tensor.shape):
                 return f"{name} is {list(tensor.shape)} in the model but {list(shape)} in the statistics"
-        elif len(tensor.shape) != 2 or tuple(shape) != (tensor.shape[1], tensor.shape[1]):
+        elif len(tensor.shape) != 2 or tuple(shape) != (_inputs(info, name, tensor.shape),) * 2:
             return f"{name} is {list(tensor.shape)} in the model but its Gram is {list(shape)}"
     return None

@@ -1,4 +1,4 @@
-"""The Gram pass (RegMean): ``G = XᵀX`` of every ``nn.Linear`` input over non-padding tokens.
+"""The Gram pass (RegMean): ``G = XᵀX`` of every linear layer's input over non-padding tokens.
 
 A forward pre-hook on each linear module adds ``xᵀx`` of the rows ``x`` (one per real token,
 prompt and answer: the layer sees both at inference) of its input, accumulated in float64 and
@@ -7,7 +7,10 @@ of an attention block, gate/up of a SwiGLU MLP) share one Gram, stored once: ``a
 each of the others to the one stored.
 
 Keyed by the weight's name (``model.layers.0.mlp.up_proj.weight``); the weight of
-``nn.Linear`` is (out, in), its Gram (in, in).
+``nn.Linear`` is (out, in), its Gram (in, in). GPT-2's projections are transformers' ``Conv1D``
+(``y = x W + b``), whose weight is the transpose, (in, out): they are hooked too and listed in
+``transposed``, so that RegMean solves on the right side (a square ``c_proj`` cannot be told
+apart by its shape).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
+from transformers.pytorch_utils import Conv1D
 
 from fusion_ui.device import resolve_device
 from fusion_ui.progress import CancelToken, ProgressCallback, report
 from fusion_ui.stats.data import Dataset, batches, encode, pad_id_of
+
+LINEAR_TYPES = (nn.Linear, Conv1D)  # Conv1D: GPT-2's projections, weight (in, out)
 
 
 @dataclass
@@ -33,6 +39,7 @@ class GramResult:
     )  # weight name -> the name its G is stored under
     examples: int = 0
     tokens: int = 0  # non-padding tokens: the rows of each X
+    transposed: tuple[str, ...] = ()  # weight names stored (in, out) (transformers' Conv1D)
 
 
 class _Accumulator:
@@ -107,11 +114,12 @@ def gram_pass(
     pairs = encode(tokenizer, dataset.items, with_eos=with_eos, max_length=max_length)
     model.to(dev)
     model.eval()
-    linears = {m: f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linears = {m: f"{n}.weight" for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)}
     if not linears:
         raise RuntimeError(
-            f"{type(model).__name__} has no nn.Linear layer: RegMean has nothing to solve"
+            f"{type(model).__name__} has no nn.Linear or Conv1D layer: RegMean has nothing to solve"
         )
+    transposed = tuple(sorted(name for m, name in linears.items() if isinstance(m, Conv1D)))
     acc = _Accumulator(linears, dev)
     handles = [m.register_forward_pre_hook(acc.hook) for m in linears]
     done = tokens = 0
@@ -130,4 +138,4 @@ def gram_pass(
         for h in handles:
             h.remove()
     tensors = {name: g.to(torch.float32).cpu() for name, g in acc.sums.items()}
-    return GramResult(tensors, dict(acc.aliases or {}), done, tokens)
+    return GramResult(tensors, dict(acc.aliases or {}), done, tokens, transposed)

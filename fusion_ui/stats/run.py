@@ -70,12 +70,14 @@ def compute_statistics(
     }
     start = time.perf_counter()
     aliases: dict[str, str] = {}
+    transposed: tuple[str, ...] = ()
     if kind == "fisher":
         fisher = fisher_pass(model, tokenizer, dataset, **options)
         tensors, examples, tokens = fisher.tensors, fisher.examples, fisher.tokens
     else:
         gram = gram_pass(model, tokenizer, dataset, **options)
         tensors, examples, tokens, aliases = gram.tensors, gram.examples, gram.tokens, gram.aliases
+        transposed = gram.transposed
     seconds = time.perf_counter() - start
     if cancel is not None:
         cancel.raise_if_cancelled()
@@ -92,6 +94,7 @@ def compute_statistics(
         tokens=tokens,
         examples=examples,
         aliases=aliases,
+        transposed=transposed,
         force=force,
         settings={
             "batch_size": batch,

@@ -9,6 +9,11 @@ Every change of a control recomposes the recipe (checked by the engine; a proble
 line under the buttons, not as a toast), refreshes the DARE preview and, with *live* on,
 re-merges. **Merge** and **Stop** act on this session's jobs only; the status line always ends
 in a final state (merged, stopped or failed).
+
+A method that reads statistics of each model on data (its capabilities say which: Fisher
+merging, RegMean) shows *Compute statistics*: one job of the engine's statistics facade
+computes them for every fine-tune (or reuses earlier ones of the same model and data) and fills
+the per-model folder boxes, so **Merge** just works.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import gradio as gr
 
 from fusion_ui.app import OUTPUT_DTYPES, Engine, RecipeForm, compose, parse_recipe
 from fusion_ui.app.recipe_form import form_of, globs
+from fusion_ui.app.statistics import MAX_EXAMPLES, STATS_EXAMPLES, StatisticsResult
 from fusion_ui.errors import FusionError
 from fusion_ui.recipe import Recipe
 from fusion_ui.runtime import JobState
@@ -32,6 +38,7 @@ from fusion_ui.ui.shared import (
     Shared,
     failed_line,
     follow,
+    follow_into,
     message_of,
     require_selection,
     running_line,
@@ -47,6 +54,12 @@ DTYPES = {BASE_DTYPE: "", **{d: d for d in OUTPUT_DTYPES}}  # label -> output dt
 NO_RAMP = "none"
 NOT_MERGED = "Not merged yet. Set the sliders, then **Merge** (in memory; nothing is written)."
 ALLOW_LARGE_LABEL = "merge even if a model does not look like a fine-tune of the base"
+DEMO_DATA, FILE_DATA = "demo", "file"
+DATA_CHOICES = [("the demo's skill examples (each expert on its own skill)", DEMO_DATA),
+                ("a file: JSONL or CSV with prompt and answer columns", FILE_DATA)]
+STATS_IDLE = ("Each fine-tune needs its statistics on a few examples: **Compute statistics** fills the "
+              "folders above (statistics computed before for the same model and data are reused).")
+STATS_STOPPED_NOTE = "Folders finished before the stop are kept; none is half-written."
 
 
 def _params_union(schemas: dict[str, dict[str, Any]]) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -102,6 +115,19 @@ def _update(spec: dict[str, Any], *, visible: bool, value: Any = None) -> Any:
 
 
 @dataclass
+class StatsSection:
+    """*Compute statistics*, shown for methods that read statistics of each model on data."""
+
+    box: gr.Group
+    data: gr.Radio  # DEMO_DATA or FILE_DATA
+    path: gr.Textbox  # the file, for FILE_DATA
+    examples: gr.Number  # per model
+    compute: gr.Button
+    stop: gr.Button
+    status: gr.Markdown
+
+
+@dataclass
 class MergeTab:
     """The tab's components, and the functions other tabs chain onto events."""
 
@@ -132,6 +158,7 @@ class MergeTab:
     preview_model: gr.Dropdown
     preview_plot: gr.Plot
     preview_text: gr.Markdown
+    stats: StatsSection
     # Set by build(): compose(values) -> the Recipe the controls describe (raises on a problem);
     # apply(method, selection, recipe) -> {control: update}; refresh(values) -> updates of the
     # recipe box, its note and the DARE preview (other tabs chain them onto their events).
@@ -153,7 +180,8 @@ class MergeTab:
     @property
     def controls(self) -> list[Any]:
         """Everything ``apply`` sets."""
-        out: list[Any] = [self.method, self.about, self.preview_box, *self.slots, *self.names, *self.use]
+        out: list[Any] = [self.method, self.about, self.preview_box, self.stats.box, self.stats.data, *self.slots,
+                          *self.names, *self.use]
         for name in sorted(self.per_model):
             out += self.per_model[name]
         out += [self.global_[n] for n in sorted(self.global_)]
@@ -186,6 +214,7 @@ def _layout(engine: Engine, schemas: dict[str, dict[str, Any]]) -> MergeTab:
     shown = {p["name"] for p in default["params"]}
     method, about = _method_row(schemas, default)
     slots, names, use, per_model = _slot_cards(per_model_specs, shown)
+    stats = _stats_section(engine.statistics.kind_of(default["name"]) is not None)
     global_, seed = _global_row(global_specs, shown, default)
     merge, stop, live, note, status, allow_large = _actions()
     preview_box, preview_model, preview_text, preview_plot = _preview_box(engine.merges.previewable(default["name"]))
@@ -196,7 +225,7 @@ def _layout(engine: Engine, schemas: dict[str, dict[str, Any]]) -> MergeTab:
         seed=seed, include=include, exclude=exclude, ramp_param=ramp_param, ramp_first=ramp_first,
         ramp_last=ramp_last, overrides=overrides, dtype=dtype, as_written=as_written, allow_large=allow_large,
         recipe=recipe, note=note, live=live, merge=merge, stop=stop, status=status, preview_box=preview_box,
-        preview_model=preview_model, preview_plot=preview_plot, preview_text=preview_text,
+        preview_model=preview_model, preview_plot=preview_plot, preview_text=preview_text, stats=stats,
     )
 
 
@@ -225,6 +254,24 @@ def _slot_cards(specs: dict[str, dict], shown: set[str]) -> tuple[list, list, li
                     per_model[name].append(ctl)
             slots.append(group)
     return slots, names, use, per_model
+
+
+def _stats_section(visible: bool) -> StatsSection:
+    with gr.Group(visible=visible, elem_id="stats-section", elem_classes="stats-section") as box:
+        gr.Markdown("**Compute statistics** of every fine-tune on a data set (the method weighs each model by them)")
+        with gr.Row(equal_height=False):
+            data = gr.Radio(DATA_CHOICES, value=DEMO_DATA, label="Data", elem_id="stats-data", scale=3)
+            path = gr.Textbox(label="data file (for “a file”)", placeholder="/path/to/examples.jsonl",
+                              elem_id="stats-path", scale=3,
+                              info="Rows of prompt and answer; the answer tokens are scored (Fisher).")
+            examples = gr.Number(STATS_EXAMPLES, label="examples per model", precision=0, minimum=1,
+                                 maximum=MAX_EXAMPLES, elem_id="stats-examples", scale=1,
+                                 info="The first N rows (a few hundred is plenty).")
+        with gr.Row():
+            compute = gr.Button("Compute statistics", variant="secondary", elem_id="stats-compute", scale=3)
+            stop = gr.Button("Stop", variant="stop", elem_id="stats-stop", scale=1)
+        status = gr.Markdown(STATS_IDLE, elem_id="stats-status", elem_classes="status")
+    return StatsSection(box, data, path, examples, compute, stop, status)
 
 
 def _global_row(specs: dict[str, dict], shown: set[str], default: dict[str, Any]) -> tuple[dict[str, Any], gr.Number]:
@@ -401,6 +448,28 @@ class MergeHandlers:
 
 
     @user_errors
+    def compute_statistics(self, method: str, data: str, path: str, examples: Any, selection: dict | None,
+                           request: gr.Request) -> Iterator[dict[Any, Any]]:
+        """Statistics of every fine-tune of the selection for ``method``, into their folder boxes."""
+        sel = require_selection(selection)
+        models = sel["models"][:MAX_MODELS]
+        st = self.tab.stats
+        job = self.shared.engine.statistics.start(session_of(request), method, models,
+                                                  data=None if data == DEMO_DATA else path, examples=examples)
+
+        def done(result: StatisticsResult, view: Any) -> dict[Any, Any]:
+            out: dict[Any, Any] = {st.status: f'<span class="ok-dot"></span> {html.escape(result.summary())}: '
+                                              "the folders are filled in; **Merge** reads them."}
+            folders = result.folders()
+            for i, ref in enumerate(models):
+                if ref in folders:
+                    out[self.tab.per_model[result.kind][i]] = folders[ref]
+            return out
+
+        yield from follow_into(job, st.status, "computing statistics", done, noun="statistics pass",
+                               stopped_note=STATS_STOPPED_NOTE)
+
+    @user_errors
     def choose_method(self, name: str, selection: dict | None) -> dict[Any, Any]:
         return self.apply(name, selection, None, keep_ticks=True)
 
@@ -418,8 +487,14 @@ class MergeHandlers:
         labels = (selection or {}).get("labels", [])
         refs = (selection or {}).get("models", [])[:MAX_MODELS]
         form, exact = form_of(recipe_obj, refs) if recipe_obj is not None else (None, True)
+        statistics = self.shared.engine.statistics
         out: dict[Any, Any] = {t.method: gr.update(value=name), t.about: _about(schema),
-                               t.preview_box: gr.update(visible=self.merges.previewable(name))}
+                               t.preview_box: gr.update(visible=self.merges.previewable(name)),
+                               t.stats.box: gr.update(visible=statistics.kind_of(name) is not None)}
+        if keep_ticks:
+            out[t.stats.data] = gr.skip()
+        else:  # a new selection: the demo's examples when every fine-tune is a demo expert
+            out[t.stats.data] = DEMO_DATA if statistics.demo_data_fits(refs) else FILE_DATA
         for i in range(MAX_MODELS):
             out[t.slots[i]] = gr.update(visible=i < len(labels))
             out[t.names[i]] = f"**{labels[i]}**" if i < len(labels) else ""
@@ -483,6 +558,16 @@ def _wire(shared: Shared, t: MergeTab, h: MergeHandlers) -> None:
                 t.dtype, t.ramp_param, t.as_written, t.overrides]:
         ctl.input(h.on_slot(None), form, refresh_outputs, api_name="change_global", **hidden, **JOB_EVENT)
     t.recipe.input(h.on_slot(None), form, refresh_outputs, api_name="edit_recipe", **hidden, **JOB_EVENT)
+
+    st = t.stats
+    folder_boxes = [box for name in sorted(t.per_model) for box in t.per_model[name]
+                    if h.per_model_specs[name]["kind"] == "path"]
+    computing = st.compute.click(h.compute_statistics, [t.method, st.data, st.path, st.examples, shared.selection],
+                                 [st.status, *folder_boxes], api_name="compute_statistics", **JOB_EVENT)
+    computing.success(h.on_slot(None, merge_live=False), form, refresh_outputs, api_name="refresh_after_statistics",
+                      **hidden, **JOB_EVENT)
+    st.stop.click(stop_handler(shared.engine, note=STATS_STOPPED_NOTE), None, st.status, api_name="stop_statistics",
+                  queue=False, cancels=[computing])
 
 
 def _superseded(engine: Engine, job: Any) -> bool:
