@@ -1,16 +1,48 @@
-"""The app served for tests: on a free localhost port, in the test's process (its engine is inspectable)."""
+"""The app served for tests: on a free localhost port, in the test's process (its engine is
+inspectable); and what the real-browser tests share (Debian's chromium, its flags, screenshots).
+
+Screenshots go to ``test-artifacts/screenshots/`` (or ``$FUSION_UI_ARTIFACTS``); with
+``FUSION_UI_UPDATE_SCREENSHOTS=1`` those meant for the README are also copied to
+``assets/ui/screenshots/``.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from fusion_ui.app import Engine  # noqa: E402
 from fusion_ui.ui import build_app, launch  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("FUSION_UI_ARTIFACTS", REPO / "test-artifacts")) / "screenshots"
+README_SHOTS = REPO / "assets" / "ui" / "screenshots"
+# The marks of a real-browser test module: skipped without chromium; gradio's queue warnings quiet.
+BROWSER_MARKS = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
+    pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
+]
+
+
+def save_screenshot(page: Any, name: str, *, clip: dict | None = None, readme: bool = True) -> Path:
+    """The page (whole, or ``clip``) as ``ARTIFACTS/name``; copied for the README when asked."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True, **({"clip": clip} if clip else {}))
+    if readme and os.environ.get("FUSION_UI_UPDATE_SCREENSHOTS") == "1":
+        README_SHOTS.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, README_SHOTS / name)
+    return path
 
 
 def free_port() -> int:

@@ -9,30 +9,19 @@ The screenshot goes to ``test-artifacts/screenshots/`` (or ``$FUSION_UI_ARTIFACT
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from apptools import RunningApp
+from apptools import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, RunningApp, save_screenshot
 
 from fusion_ui.app.compose import READ_PROMPT
 from fusion_ui.resources import demo_dir
 
-CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = Path(os.environ.get("FUSION_UI_ARTIFACTS", REPO / "test-artifacts")) / "screenshots"
-README_SHOTS = REPO / "assets" / "ui" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 TIMEOUT_MS = 60_000
 HEATMAPS = "() => document.querySelector('#compose-attention .js-plotly-plot').data.filter(t => t.type === 'heatmap').length"
 
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-    pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
@@ -44,13 +33,7 @@ def section_shot(page: Any, name: str) -> Path:
     scroll = page.evaluate("() => window.scrollY")
     clip = {"x": 0, "y": top["y"] + scroll - 12, "width": 1400,
             "height": bottom["y"] + bottom["height"] - top["y"] + 24}
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True, clip=clip)
-    if os.environ.get("FUSION_UI_UPDATE_SCREENSHOTS") == "1":
-        README_SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, README_SHOTS / name)
-    return path
+    return save_screenshot(page, name, clip=clip)
 
 
 def test_compose_tab_shows_what_the_demo_bridges_read(tmp_path: Path) -> None:

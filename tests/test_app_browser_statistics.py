@@ -9,41 +9,20 @@ The screenshot goes to ``test-artifacts/screenshots/`` (or ``$FUSION_UI_ARTIFACT
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from apptools import RunningApp
+from apptools import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, RunningApp, save_screenshot
 
 from fusion_ui.resources import demo_dir
 
-CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = Path(os.environ.get("FUSION_UI_ARTIFACTS", REPO / "test-artifacts")) / "screenshots"
-README_SHOTS = REPO / "assets" / "ui" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 TIMEOUT_MS = 60_000
 
-pytestmark = [
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"),
-    pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
-
-
-def shot(page: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
-    if os.environ.get("FUSION_UI_UPDATE_SCREENSHOTS") == "1":
-        README_SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, README_SHOTS / name)
-    return path
 
 
 def test_regmean_computes_the_statistics_fills_the_folders_and_merges(tmp_path: Path) -> None:
@@ -75,7 +54,7 @@ def test_regmean_computes_the_statistics_fills_the_folders_and_merges(tmp_path: 
             merged = app.engine.merges.session_merge(next(iter(app.engine.context.merges)))
             assert [e.parameters["gram"] for e in merged.recipe.models] == [
                 page.locator(f"#gram-{i} textarea").input_value() for i in range(3)]
-            assert shot(page, "3-merge-statistics.png").stat().st_size > 10_000
+            assert save_screenshot(page, "3-merge-statistics.png").stat().st_size > 10_000
             # a second click reuses them: the same folders, nothing computed
             page.click("#stats-compute")
             expect(status).to_contain_text("3 reused", timeout=TIMEOUT_MS)

@@ -7,30 +7,19 @@ The screenshot goes to ``test-artifacts/screenshots/`` (or ``$FUSION_UI_ARTIFACT
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from apptools import RunningApp
+from apptools import BROWSER_MARKS, CHROMIUM, CHROMIUM_ARGS, RunningApp, save_screenshot
 
 from fusion_ui.resources import demo_dir
 
-CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = Path(os.environ.get("FUSION_UI_ARTIFACTS", REPO / "test-artifacts")) / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 TIMEOUT_MS = 60_000
 POINTS = "() => document.querySelector('#frozen-curve .js-plotly-plot').data[0].x.length"
 
-pytestmark = [
-    pytest.mark.skipif(
-        not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium"
-    ),
-    pytest.mark.filterwarnings("ignore::Warning:gradio.queueing"),
-]
+pytestmark = BROWSER_MARKS
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
@@ -65,8 +54,7 @@ def test_frozen_lm_training_shows_a_live_loss_curve_and_stops(tmp_path: Path) ->
             expect(curve).to_contain_text("stopped at step", timeout=TIMEOUT_MS)
             stopped_at = page.evaluate(POINTS)
             assert first < stopped_at < 2000
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "9-frozen-stopped.png"), full_page=True)
+            save_screenshot(page, "9-frozen-stopped.png", readme=False)
             browser.close()
         # Stop left nothing behind: no prompt folder, no staging folder
         trained = app.engine.context.state_dir / "trained"
