@@ -9,6 +9,8 @@ twice: from its own recipe, and from the mergekit YAML of the same merge (what a
 from mergekit brings; for DARE, mergekit's L1 rescale).
 
     python benchmarks/merge_speed.py --size tiny                       # smoke run, seconds
+    python benchmarks/merge_speed.py --size small --methods della,della_ties --unfused --no-extras \
+        --mergekit-cmd mergekit-yaml    # also the torch reference (fused kernels off), merges only
     python benchmarks/merge_speed.py --mergekit-cmd /opt/mergekit-venv/bin/mergekit-yaml
     python benchmarks/merge_speed.py --device cuda --mergekit-cmd mergekit-yaml   # on a GPU: both tools on it
 
@@ -47,8 +49,19 @@ METHODS: dict[str, tuple[dict, dict]] = {
     "ties": ({"density": 0.5}, {"normalize": True}),
     "task_arithmetic": ({}, {"normalize": False}),
     "linear": ({}, {"normalize": True}),
+    "breadcrumbs": ({"density": 0.9, "gamma": 0.01}, {}),
+    "breadcrumbs_ties": ({"density": 0.9, "gamma": 0.01}, {"normalize": True}),
+    "della": ({"density": 0.5, "epsilon": 0.1}, {}),
+    "della_ties": ({"density": 0.5, "epsilon": 0.1}, {"normalize": True}),
 }
-DETERMINISTIC = {"ties", "task_arithmetic", "linear"}
+DETERMINISTIC = {"ties", "task_arithmetic", "linear", "breadcrumbs", "breadcrumbs_ties"}
+# `fusion-ui merge` with the task-arithmetic family's fused CPU kernels off: the torch reference
+# (--unfused times it, the "before" of a kernel)
+UNFUSED = (
+    "import runpy, sys; from fusion_ui.methods.task_arithmetic import TaskArithmeticFamily as F; "
+    "F.merge_fused_cpu = lambda self, ctx, out_dtype: None; sys.argv[0] = 'fusion-ui'; "
+    "runpy.run_module('fusion_ui.cli', run_name='__main__')"
+)
 
 
 def warm_page_cache(family: dict[str, Path]) -> float:
@@ -167,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu (default), or cuda: both tools merge on the GPU (mergekit with --cuda)",
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--unfused", action="store_true",
+                        help="also time fusion_ui without its task-arithmetic kernels (the torch reference)")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="skip the re-merge latency and the delta report (merges only)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--out-dir", type=Path, default=None,
@@ -207,6 +224,15 @@ def main(argv: list[str] | None = None) -> int:
         wall, rss = timed([sys.executable, "-m", "fusion_ui.cli", "merge", str(mk_yaml), "--out",
                            str(ours_out), "--device", args.device, "--no-mergekit"], env)
         row |= {"fusion_ui_mk_yaml_s": wall, "fusion_ui_mk_yaml_rss_gb": rss}
+        if args.unfused:
+            ref_out = merged_root / f"{method}-fusion_ui-reference"
+            for label, source in (("ref", ours_yaml), ("ref_mk_yaml", mk_yaml)):
+                shutil.rmtree(ref_out, ignore_errors=True)
+                ref_wall, ref_rss = timed([sys.executable, "-c", UNFUSED, "merge", str(source), "--out",
+                                           str(ref_out), "--device", args.device, "--no-mergekit"], env)
+                row |= {f"fusion_ui_{label}_s": ref_wall, f"fusion_ui_{label}_rss_gb": ref_rss}
+            row["fused_vs_reference_max_abs_diff"] = max_abs_diff(ours_out, ref_out)  # 0: bit for bit
+            shutil.rmtree(ref_out, ignore_errors=True)
         if args.mergekit_cmd:
             mk_out = merged_root / f"{method}-mergekit"
             shutil.rmtree(mk_out, ignore_errors=True)
@@ -220,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(json.dumps(row))
 
-    latency_on, latency = remerge_latency(args.device)
-    delta_s = delta_report_seconds(family, args.device)
+    latency_on, latency = ("skipped", float("nan")) if args.no_extras else remerge_latency(args.device)
+    delta_s = float("nan") if args.no_extras else delta_report_seconds(family, args.device)
     print()
     print(f"{'':16s} {'fusion_ui, native':>18s} {'fusion_ui, mergekit YAML':>25s} {'mergekit':>18s}")
     print(f"{'method':16s} {'wall':>10s} {'RSS':>7s} {'wall':>10s} {'RSS':>7s} {'vs mk':>6s} {'wall':>10s} {'RSS':>7s}"
@@ -235,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         diff = f"{r['max_abs_diff']:9.2g}" if "max_abs_diff" in r else f"{'-':>9s}"
         print(f"{r['method']:16s} {r['fusion_ui_s']:9.1f}s {r['fusion_ui_rss_gb']:6.2f}G "
               f"{r['fusion_ui_mk_yaml_s']:9.1f}s {r['fusion_ui_mk_yaml_rss_gb']:6.2f}G {vs} {mk} {diff}")
+    if args.unfused:
+        print(f"{'torch reference':16s} {'native wall':>12s} {'RSS':>7s} {'mergekit YAML wall':>19s} {'RSS':>7s}"
+              f" {'max|fused-ref|':>15s}")
+        for r in rows:
+            print(f"{r['method']:16s} {r['fusion_ui_ref_s']:11.1f}s {r['fusion_ui_ref_rss_gb']:6.2f}G "
+                  f"{r['fusion_ui_ref_mk_yaml_s']:18.1f}s {r['fusion_ui_ref_mk_yaml_rss_gb']:6.2f}G"
+                  f" {r['fused_vs_reference_max_abs_diff']:15.2g}")
     print(f"in-memory re-merge, {latency_on} (DARE-TIES into the preview model): {latency * 1000:.0f} ms (target < 500 ms)")
     print(f"delta report, base + 1 fine-tune ({args.size}): {delta_s:.2f} s (target < 5 s for the 0.9B pair)")
     gpu = f", on {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""

@@ -86,7 +86,7 @@ def test_ties_exactly_at_the_threshold_are_kept_like_the_reference() -> None:
 def test_uncovered_settings_fall_back_to_the_reference() -> None:
     m, raw, _ = contexts("magnitude_prune", torch.bfloat16, 1000, {"drop_rate": 0.5}, {"rescale": "l1"})
     assert m.merge_fused_cpu(raw, torch.bfloat16) is None
-    m, raw, _ = contexts("della", torch.bfloat16, 1000, {}, {})
+    m, raw, _ = contexts("della", torch.bfloat16, cpu.CHUNK + 1, {}, {})  # a row longer than a chunk
     assert m.merge_fused_cpu(raw, torch.bfloat16) is None
 
 

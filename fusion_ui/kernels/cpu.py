@@ -38,9 +38,13 @@ _BINS = 1 << 16  # radix-select histogram size (16 bits at a time)
 _GROUPS = 4  # histogram passes split the data into this many groups, one (small) histogram each
 _L1_GROUPS = 16  # the L1-norm pass: work units of whole chunks, one set of exact sums each
 _L1_BUCKETS = 254  # binary exponents of a finite float32's |x| (methods.sparsify.L1_BUCKETS)
+_RANK_BINS = 1 << 11  # DELLA's per-row radix sort: 11-bit digits
 
-# Sparsifier codes understood by the task-arithmetic kernel.
-SPARSE_NONE, SPARSE_DARE, SPARSE_TOPK = 0, 1, 2
+# Sparsifier codes understood by the task-arithmetic kernel: none, DARE's random drop, a band of
+# |δ| ranks (TIES' top-k, magnitude prune, breadcrumbs), DELLA's rank-dependent random drop, and
+# a keep mask computed beforehand (DELLA with the L1 rescale, whose norms need the mask first).
+SPARSE_NONE, SPARSE_DARE, SPARSE_TOPK, SPARSE_DELLA, SPARSE_MASK = 0, 1, 2, 3, 4
+_NO_UPPER = 0x80000000  # above every |x|'s float bits: no upper bound on a band
 
 
 def available() -> bool:
@@ -63,6 +67,12 @@ class TaskArithmeticSpec:
     weight_sum: float  # float32 value of Σ w_i (plain-sum normalize)
     lam: float
     apply_lam: bool
+    # DELLA: rows are the last dimension, ``cols`` long; per model and rank within a row, the
+    # keep level (keep iff draw < level) and the survivor factor (used where apply_scale is set)
+    cols: int = 1
+    levels: np.ndarray | None = None  # int32 (m, cols)
+    factors: np.ndarray | None = None  # float32 (m, cols)
+    masks: np.ndarray | None = None  # uint8 (m, ceil(n/8)): SPARSE_MASK keep bits, little-endian
 
 
 if _NUMBA:
@@ -175,10 +185,45 @@ if _NUMBA:
     def _nonfinite(x):  # noqa: ANN001, ANN202
         return np.int64((_f32_as_u32(x) & np.uint32(0x7F800000)) == np.uint32(0x7F800000))
 
+    @nb.njit(nogil=True, cache=True)
+    def _row_ranks(arr, base, row_start, ranks, keys, keys2, hist):  # noqa: ANN001, ANN202
+        """``ranks[t]``: the ascending rank of |δ| of element ``row_start + t`` within its row of
+        ``len(ranks)``, ties by index (the reference's stable argsort of the argsort).
+
+        A stable LSD radix sort of (float bits << 32 | index) on the bits, 11 + 11 + 10 a pass
+        (measured ~10 % faster than 4 passes of 8), passes whose digit is constant skipped."""
+        cols = ranks.shape[0]
+        hist[:, :] = 0
+        for t in range(cols):
+            a = _f32_as_u32(abs(_load(arr, row_start + t) - _load(base, row_start + t)))
+            keys[t] = (np.uint64(a) << np.uint64(32)) | np.uint64(t)
+            hist[0, a & np.uint32(0x7FF)] += 1
+            hist[1, (a >> np.uint32(11)) & np.uint32(0x7FF)] += 1
+            hist[2, a >> np.uint32(22)] += 1
+        src, dst = keys, keys2
+        for p in range(3):
+            shift = np.uint64(32 + 11 * p)
+            if hist[p, (src[0] >> shift) & np.uint64(0x7FF)] == cols:
+                continue  # every element has this digit: the order stays
+            total = 0
+            for digit in range(_RANK_BINS):
+                count = hist[p, digit]
+                hist[p, digit] = total
+                total += count
+            for t in range(cols):
+                k = src[t]
+                digit = (k >> shift) & np.uint64(0x7FF)
+                pos = hist[p, digit]
+                hist[p, digit] = pos + 1
+                dst[pos] = k
+            src, dst = dst, src
+        for t in range(cols):
+            ranks[np.int64(src[t] & np.uint64(0xFFFFFFFF))] = t
+
     @nb.njit(parallel=True, nogil=True, cache=True)
     def _task_arithmetic(base, proto, addrs, out, weights, mode, dare_thr, keys, scale, apply_scale,
-                         topk_bits, tie_need, tie_before, consensus, normalize, weight_sum,
-                         lam, apply_lam):  # noqa: ANN001, ANN202
+                         lo_cut, hi_cut, straddle, band, tie_lo, tie_hi, cols, levels, factors, masks,
+                         consensus, normalize, weight_sum, lam, apply_lam):  # noqa: ANN001, ANN202
         # Per chunk: the base once, then one model at a time into an L2-sized buffer of
         # weighted deltas (m, CHUNK), then the combination; every loop streams one array.
         n = base.shape[0]
@@ -193,6 +238,11 @@ if _NUMBA:
             b = np.empty(size, np.float32)
             wd = np.empty((m, size), np.float32)
             draws = np.empty(CHUNK + 4, np.uint16)  # DARE draws of one model (padded to whole words)
+            words = draws.view(np.uint64)
+            ranks = np.empty(cols, np.int32)  # DELLA: one row's ranks and radix-sort scratch
+            keys_a = np.empty(cols, np.uint64)
+            keys_b = np.empty(cols, np.uint64)
+            hist = np.empty((3, _RANK_BINS), np.int32)
             nonfinite = np.int64(0)
             for jj in range(size):
                 b[jj] = _load(base, start + jj)
@@ -211,7 +261,6 @@ if _NUMBA:
                     #    words align); 2) a branch-free pass that vectorises like plain deltas.
                     key = keys[i]
                     thr = np.uint16(dare_thr[i])
-                    words = draws.view(np.uint64)
                     for q in range((size + 3) // 4):
                         words[q] = _word(key, start // 4 + q)
                     for jj in range(size):
@@ -222,31 +271,69 @@ if _NUMBA:
                             d = d * sc
                         wd[i, jj] = d * w
                 elif md == SPARSE_TOPK:
-                    # 1) vectorisable: keep |δ| above the threshold, count the ties;
-                    # 2) only where ties are kept: revisit them in flat-index order.
-                    tb = np.uint32(topk_bits[i])
-                    ties = np.int64(0)
+                    # 1) vectorisable: keep |δ| bits in [lo_cut, hi_cut), the chunk's cuts (ties
+                    #    at a threshold are all kept or all dropped in most chunks);
+                    # 2) in the chunk where a threshold's ties are split: revisit in index order.
+                    lc = lo_cut[i, c]
+                    hc = hi_cut[i, c]
                     for jj in range(size):
                         x = _load(arr, start + jj)
                         nonfinite += _nonfinite(x)
                         d = x - b[jj]
                         a = _f32_as_u32(abs(d))
-                        ties += np.int64(a == tb)
-                        d = d * (one if a > tb else zero)
+                        d = d * (one if (a >= lc) & (a < hc) else zero)
                         if scaled:
                             d = d * sc
                         wd[i, jj] = d * w
-                    seen = tie_before[i, c]
-                    if ties and seen + ties > tie_need[i]:
+                    if straddle[i, c]:
+                        lo_val, lo_need = np.uint32(band[i, 0]), band[i, 1]
+                        hi_val, hi_need = np.uint32(band[i, 2]), band[i, 3]
+                        seen_lo = tie_lo[i, c]
+                        seen_hi = tie_hi[i, c]
                         for jj in range(size):
                             d = _load(arr, start + jj) - b[jj]
-                            if _f32_as_u32(abs(d)) == tb:
-                                if seen >= tie_need[i]:
-                                    d = d * one
-                                    if scaled:
-                                        d = d * sc
-                                    wd[i, jj] = d * w
-                                seen += 1
+                            a = _f32_as_u32(abs(d))
+                            ok = a > lo_val
+                            if a == lo_val:
+                                ok = seen_lo >= lo_need
+                                seen_lo += 1
+                            if a > hi_val:
+                                ok = False
+                            elif a == hi_val:
+                                ok = ok and seen_hi < hi_need
+                                seen_hi += 1
+                            d = d * (one if ok else zero)
+                            if scaled:
+                                d = d * sc
+                            wd[i, jj] = d * w
+                elif md == SPARSE_DELLA:
+                    # the chunk's draws, then each row it touches: rank the whole row, keep an
+                    # element of the chunk iff its draw is below its rank's level
+                    key = keys[i]
+                    for q in range((size + 3) // 4):
+                        words[q] = _word(key, start // 4 + q)
+                    for r in range(start // cols, (start + size - 1) // cols + 1):
+                        row = r * cols
+                        _row_ranks(arr, base, row, ranks, keys_a, keys_b, hist)
+                        for j in range(max(start, row), min(start + size, row + cols)):
+                            jj = j - start
+                            x = _load(arr, j)
+                            nonfinite += _nonfinite(x)
+                            rank = ranks[j - row]
+                            d = (x - b[jj]) * (one if np.int32(draws[jj]) < levels[i, rank] else zero)
+                            if scaled:
+                                d = d * factors[i, rank]
+                            wd[i, jj] = d * w
+                elif md == SPARSE_MASK:
+                    for jj in range(size):
+                        j = start + jj
+                        x = _load(arr, j)
+                        nonfinite += _nonfinite(x)
+                        kept = (masks[i, j >> 3] >> np.uint8(j & 7)) & np.uint8(1)
+                        d = (x - b[jj]) * (one if kept else zero)
+                        if scaled:
+                            d = d * sc
+                        wd[i, jj] = d * w
                 else:
                     for jj in range(size):
                         x = _load(arr, start + jj)
@@ -287,10 +374,11 @@ if _NUMBA:
         return bad.max()
 
     @nb.njit(parallel=True, nogil=True, cache=True)
-    def _l1_buckets(base, proto, addrs, wanted, dare_thr, keys):  # noqa: ANN001, ANN202
-        """Per model i with ``wanted[i]``: the exact L1 norms of its delta before and after the
-        DARE drop, as significand sums per binary exponent (sparsify.abs_sum_buckets' layout),
-        shape (m, 2, L1_BUCKETS). Integer sums: exact whatever the split over threads."""
+    def _l1_buckets(base, proto, addrs, wanted, mode, dare_thr, keys, cols, levels, masks):  # noqa: ANN001, ANN202
+        """Per model i with ``wanted[i]``: the exact L1 norms of its delta before and after its
+        random drop (DARE, or DELLA, whose keep bits go to ``masks[i]``), as significand sums
+        per binary exponent (sparsify.abs_sum_buckets' layout), shape (m, 2, L1_BUCKETS).
+        Integer sums: exact whatever the split over threads."""
         n = base.shape[0]
         m = len(addrs)
         nchunks = (n + CHUNK - 1) // CHUNK
@@ -300,6 +388,11 @@ if _NUMBA:
         for g in nb.prange(groups):
             draws = np.empty(CHUNK + 4, np.uint16)
             words = draws.view(np.uint64)
+            kept = np.empty(CHUNK, np.bool_)
+            ranks = np.empty(cols, np.int32)
+            keys_a = np.empty(cols, np.uint64)
+            keys_b = np.empty(cols, np.uint64)
+            hist = np.empty((3, _RANK_BINS), np.int32)
             for c in range(g * per_group, min(nchunks, (g + 1) * per_group)):
                 start = c * CHUNK
                 size = min(n, start + CHUNK) - start
@@ -308,9 +401,22 @@ if _NUMBA:
                         continue
                     arr = nb.carray(_pointer(proto, addrs[i]), n)
                     key = keys[i]
-                    thr = np.uint16(dare_thr[i])
                     for q in range((size + 3) // 4):
                         words[q] = _word(key, start // 4 + q)
+                    if mode[i] == SPARSE_DELLA:
+                        for r in range(start // cols, (start + size - 1) // cols + 1):
+                            row = r * cols
+                            _row_ranks(arr, base, row, ranks, keys_a, keys_b, hist)
+                            for j in range(max(start, row), min(start + size, row + cols)):
+                                kept[j - start] = np.int32(draws[j - start]) < levels[i, ranks[j - row]]
+                        for jj in range(size):  # CHUNK % 8 == 0: a chunk's bytes are its own
+                            if kept[jj]:
+                                j = start + jj
+                                masks[i, j >> 3] |= np.uint8(1) << np.uint8(j & 7)
+                    else:
+                        thr = np.uint16(dare_thr[i])
+                        for jj in range(size):
+                            kept[jj] = draws[jj] >= thr
                     for jj in range(size):
                         bits = _f32_as_u32(abs(_load(arr, start + jj) - _load(base, start + jj)))
                         exponent = bits >> np.uint32(23)
@@ -321,7 +427,7 @@ if _NUMBA:
                             significand += np.int64(0x800000)
                         e = np.int64(exponent) - 1 if exponent > np.uint32(0) else np.int64(0)
                         sums[g, i, 0, e] += significand
-                        if draws[jj] >= thr:
+                        if kept[jj]:
                             sums[g, i, 1, e] += significand
         return sums.sum(axis=0)
 
@@ -380,18 +486,29 @@ def kth_smallest_abs_delta(theta: np.ndarray, base: np.ndarray, k: int) -> tuple
     usually does for bf16 checkpoints (δ of two bf16 numbers within a factor 2 of each other is
     exact in bf16). Returns (value bits, count of smaller elements, count of equal elements).
     """
+    return kth_smallest_abs_deltas(theta, base, [k])[0]
+
+
+def kth_smallest_abs_deltas(theta: np.ndarray, base: np.ndarray, ks: list[int]) -> list[tuple[int, int, int]]:
+    """:func:`kth_smallest_abs_delta` for several k, sharing the first pass (breadcrumbs' two
+    thresholds); a second pass per distinct high bucket that holds several values."""
     high, mixed = _abs_delta_hist(theta, base, 16, 0, 32)
     cum = np.cumsum(high)
-    bucket = int(np.searchsorted(cum, k))  # first bucket whose cumulative count reaches k
-    below = int(cum[bucket - 1]) if bucket else 0
-    if mixed[bucket] == 0:  # every element of the bucket is the same value: no second pass
-        return bucket << 16, below, int(high[bucket])
-    low, _ = _abs_delta_hist(theta, base, 0, bucket, 16)
-    cum_low = np.cumsum(low)
-    pos = int(np.searchsorted(cum_low, k - below))
-    value = (bucket << 16) | pos
-    less = below + (int(cum_low[pos - 1]) if pos else 0)
-    return value, less, int(low[pos])
+    low_of: dict[int, np.ndarray] = {}
+    found = []
+    for k in ks:
+        bucket = int(np.searchsorted(cum, k))  # first bucket whose cumulative count reaches k
+        below = int(cum[bucket - 1]) if bucket else 0
+        if mixed[bucket] == 0:  # every element of the bucket is the same value: no second pass
+            found.append((bucket << 16, below, int(high[bucket])))
+            continue
+        if bucket not in low_of:
+            low_of[bucket] = np.cumsum(_abs_delta_hist(theta, base, 0, bucket, 16)[0])
+        cum_low = low_of[bucket]
+        pos = int(np.searchsorted(cum_low, k - below))
+        less = below + (int(cum_low[pos - 1]) if pos else 0)
+        found.append(((bucket << 16) | pos, less, int(cum_low[pos]) - (int(cum_low[pos - 1]) if pos else 0)))
+    return found
 
 
 def task_arithmetic(
@@ -399,55 +516,116 @@ def task_arithmetic(
     models: list[np.ndarray],
     out: np.ndarray,
     spec: TaskArithmeticSpec,
-    topk_keep: list[int | None],
+    bands: list[tuple[int, int] | None],
 ) -> int:
     """Run the fused generalized task arithmetic into ``out``.
 
-    ``topk_keep[i]`` is the number of elements model i keeps by magnitude (SPARSE_TOPK), with
-    the reference's tie rule: among elements equal to the threshold, the lowest flat indices
-    are dropped first. Returns 0, or 1 + the index of an input holding NaN/inf (1 = base).
+    ``bands[i]`` = (lo, hi): model i (SPARSE_TOPK) keeps the elements whose ascending |δ| rank
+    lies in [lo, hi), ties ranked by flat index as the reference's ``rank_band_mask`` does
+    (TIES' top-k is (n - k, n)). Returns 0, or 1 + the index of an input holding NaN/inf
+    (1 = base).
     """
     with _LAUNCH:
-        return _task_arithmetic_locked(base, models, out, spec, topk_keep)
+        return _task_arithmetic_locked(base, models, out, spec, bands)
+
+
+@dataclass
+class _BandCuts:
+    """Per model and chunk: keep |δ| bits in [lo_cut, hi_cut), except in chunks that straddle a
+    threshold's ties, revisited with the thresholds (``band``) and ties seen before the chunk."""
+
+    lo_cut: np.ndarray  # uint32 (m, nchunks)
+    hi_cut: np.ndarray  # uint32 (m, nchunks)
+    straddle: np.ndarray  # bool (m, nchunks)
+    band: np.ndarray  # int64 (m, 4): lower value bits, ties dropped; upper value bits, ties kept
+    tie_lo: np.ndarray  # int64 (m, nchunks): ties of the lower value before the chunk
+    tie_hi: np.ndarray  # int64 (m, nchunks)
+
+
+def _band_cuts(base: np.ndarray, models: list[np.ndarray], bands: list[tuple[int, int] | None],
+               nchunks: int) -> _BandCuts:
+    m, n = len(models), base.shape[0]
+    cuts = _BandCuts(
+        lo_cut=np.zeros((m, nchunks), np.uint32), hi_cut=np.full((m, nchunks), _NO_UPPER, np.uint32),
+        straddle=np.zeros((m, nchunks), np.bool_), band=np.zeros((m, 4), np.int64),
+        tie_lo=np.zeros((m, nchunks), np.int64), tie_hi=np.zeros((m, nchunks), np.int64),
+    )
+    cuts.band[:, 2] = _NO_UPPER
+    for i, rank_band in enumerate(bands):
+        if rank_band is None:
+            continue
+        lo, hi = rank_band
+        counted: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # both thresholds may be one value
+        ks = ([lo] if lo > 0 else []) + ([hi] if hi < n else [])  # the thresholds that bound
+        found = dict(zip(ks, kth_smallest_abs_deltas(models[i], base, ks), strict=True))
+        if lo > 0:  # drop the lo smallest: all below the lo-th value, its first `need` ties
+            value, less, equal = found[lo]
+            need = lo - less  # in [1, equal]
+            cuts.band[i, :2] = value, need
+            cuts.lo_cut[i] = value + 1
+            if need < equal:
+                counts, before = _ties_before(models[i], base, value, counted)
+                cuts.tie_lo[i] = before
+                cuts.lo_cut[i] = np.where(before >= need, value, value + 1)
+                cuts.straddle[i] |= (before < need) & (before + counts > need)
+        if hi < n:  # keep the hi smallest: all below the hi-th value, its first `need` ties
+            value, less, equal = found[hi]
+            need = hi - less
+            cuts.band[i, 2:] = value, need
+            cuts.hi_cut[i] = value + 1
+            if need < equal:
+                counts, before = _ties_before(models[i], base, value, counted)
+                cuts.tie_hi[i] = before
+                cuts.hi_cut[i] = np.where(before + counts <= need, value + 1, value)
+                cuts.straddle[i] |= (before < need) & (before + counts > need)
+    return cuts
+
+
+def _ties_before(theta: np.ndarray, base: np.ndarray, value: int,
+                 counted: dict[int, tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(elements with |δ| bits == value per chunk, the same before each chunk), counted once."""
+    if value not in counted:
+        counts = _ties_per_chunk(theta, base, value)
+        counted[value] = counts, np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    return counted[value]
+
+
+def _della_tables(spec: TaskArithmeticSpec, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(levels, factors, masks) as the kernel takes them: one-element stand-ins when unused."""
+    levels = spec.levels if spec.levels is not None else np.ones((m, 1), np.int32)
+    factors = spec.factors if spec.factors is not None else np.ones((m, 1), np.float32)
+    masks = spec.masks if spec.masks is not None else np.zeros((m, 1), np.uint8)
+    return levels, factors, masks
 
 
 def _task_arithmetic_locked(
     base: np.ndarray, models: list[np.ndarray], out: np.ndarray, spec: TaskArithmeticSpec,
-    topk_keep: list[int | None],
+    bands: list[tuple[int, int] | None],
 ) -> int:
-    m = len(models)
     n = base.shape[0]
     nchunks = (n + CHUNK - 1) // CHUNK
-    topk_bits = np.zeros(m, np.uint32)
-    tie_need = np.zeros(m, np.int64)
-    tie_before = np.zeros((m, nchunks), np.int64)
-    for i, keep in enumerate(topk_keep):
-        if spec.mode[i] != SPARSE_TOPK or keep is None:
-            continue
-        drop = n - keep  # the reference drops the `drop` smallest (rank band [drop, n))
-        value, less, equal = kth_smallest_abs_delta(models[i], base, drop)
-        topk_bits[i] = value
-        tie_need[i] = drop - less
-        if 0 < tie_need[i] < equal:  # only some ties are dropped: their order matters
-            counts = _ties_per_chunk(models[i], base, value)
-            tie_before[i, 1:] = np.cumsum(counts)[:-1]
-        elif tie_need[i] >= equal:
-            tie_need[i] = equal  # all ties dropped
+    topk = [band if spec.mode[i] == SPARSE_TOPK else None for i, band in enumerate(bands)]
+    cuts = _band_cuts(base, models, topk, nchunks)
+    levels, factors, masks = _della_tables(spec, len(models))
     proto, addrs = _addresses(models, n)
     return int(_task_arithmetic(
         base, proto, addrs, out, spec.weights, spec.mode, spec.dare_threshold, spec.keys,
-        spec.scale, spec.apply_scale, topk_bits, tie_need, tie_before, spec.consensus,
+        spec.scale, spec.apply_scale, cuts.lo_cut, cuts.hi_cut, cuts.straddle, cuts.band, cuts.tie_lo,
+        cuts.tie_hi, np.int64(spec.cols), levels, factors, masks, spec.consensus,
         spec.normalize, np.float32(spec.weight_sum), np.float32(spec.lam), spec.apply_lam,
     ))
 
 
-def dare_l1_norms(base: np.ndarray, models: list[np.ndarray], wanted: np.ndarray, dare_threshold: np.ndarray,
-                  keys: np.ndarray) -> np.ndarray:
-    """Exact L1 norms of each wanted model's delta before and after its DARE drop, as exponent
+def random_drop_l1_norms(base: np.ndarray, models: list[np.ndarray], wanted: np.ndarray,
+                         spec: TaskArithmeticSpec) -> np.ndarray:
+    """Exact L1 norms of each wanted model's delta before and after its random drop (DARE's, or
+    DELLA's, whose keep bits it writes to ``spec.masks``, zeroed by the caller), as exponent
     buckets (m, 2, L1_BUCKETS); ``methods.sparsify.exact_l1`` turns a row into the norm."""
     with _LAUNCH:
+        levels, _, masks = _della_tables(spec, len(models))
         proto, addrs = _addresses(models, base.shape[0])
-        return _l1_buckets(base, proto, addrs, wanted, dare_threshold, keys)
+        return _l1_buckets(base, proto, addrs, wanted, spec.mode, spec.dare_threshold, spec.keys,
+                           np.int64(spec.cols), levels, masks)
 
 
 def linear(models: list[np.ndarray], out: np.ndarray, weights: np.ndarray, normalize: bool,

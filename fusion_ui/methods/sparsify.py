@@ -28,7 +28,7 @@ RESCALE_MODES: tuple[str, ...] = ("inverse", "l1", "none")
 
 # Re-exported: the DARE preview and older callers import the draws from here.
 __all__ = [
-    "L1_BUCKETS", "RESCALE_MODES", "Rescale", "abs_sum_buckets", "breadcrumbs", "dare", "dare_keep_mask",
+    "L1_BUCKETS", "RESCALE_MODES", "Rescale", "abs_sum_buckets", "breadcrumbs", "breadcrumbs_band", "dare", "dare_keep_mask",
     "della", "della_keep_probabilities", "exact_l1", "keep_count", "l1_scale", "lowest_mask", "magnitude_prune",
     "quantized_keep", "random16", "rank_band_mask", "rescale_masked", "stream_key",
 ]
@@ -189,6 +189,15 @@ def breadcrumbs(
     n = delta.numel()
     if density == 1.0:
         return delta.clone()  # mergekit returns the delta as it is, whatever γ
+    lo, hi = breadcrumbs_band(n, density, gamma, rounding)
+    keep = rank_band_mask(delta.abs(), lo, hi)
+    return rescale_masked(delta, delta * keep, rescale, (hi - lo) / n if n else 1.0)
+
+
+def breadcrumbs_band(numel: int, density: float, gamma: float, rounding: Rounding = "round") -> tuple[int, int]:
+    """The ascending |δ| ranks [lo, hi) that breadcrumbs keeps of ``numel`` elements (density < 1);
+    the fused kernels take the same band."""
+    n = numel
     if rounding == "floor":
         n_keep = min(n, int(density * n))
         n_top = min(int(gamma * n), n - n_keep)
@@ -196,8 +205,7 @@ def breadcrumbs(
         n_keep = keep_count(n, density)
         n_top = min(round(gamma * n), n - n_keep)
     n_bottom = n - n_keep - n_top
-    keep = rank_band_mask(delta.abs(), n_bottom, n - n_top)
-    return rescale_masked(delta, delta * keep, rescale, n_keep / n if n else 1.0)
+    return n_bottom, n - n_top
 
 
 def della_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:

@@ -31,14 +31,16 @@ from fusion_ui.methods.params import (
 )
 from fusion_ui.methods.sparsify import (
     breadcrumbs,
+    breadcrumbs_band,
     dare,
     della,
+    della_keep_probabilities,
     exact_l1,
     keep_count,
     l1_scale,
     magnitude_prune,
 )
-from fusion_ui.rng import quantized_keep, stream_key
+from fusion_ui.rng import LEVELS, keep_levels, quantized_keep, stream_key
 
 Sparsifier = Literal["none", "magnitude", "dare", "magnitude_prune", "breadcrumbs", "della"]
 SPARSIFIERS: tuple[str, ...] = ("none", "magnitude", "dare", "magnitude_prune", "breadcrumbs", "della")
@@ -159,23 +161,28 @@ class TaskArithmeticFamily(MergeMethod):
         from fusion_ui.kernels.arrays import as_torch, kernel_inputs, kernel_output
 
         rescale = ctx.params[self.capabilities.rescale] if self.capabilities.rescale else "none"
-        if not cpu.available() or self.sparsifier not in ("none", "dare", "magnitude", "magnitude_prune"):
+        if not cpu.available():
             return None
-        if rescale == "l1" and self.sparsifier != "dare":  # top-k with L1: the reference only
+        if rescale == "l1" and self.sparsifier not in ("dare", "della"):  # top-k with L1: the reference only
             return None
         base = ctx.require_base(f"method {self.name!r}")
+        n = base.numel()
+        cols = base.shape[-1] if base.dim() else 1
+        if self.sparsifier == "della" and not 0 < cols <= cpu.CHUNK:  # rows longer than a chunk
+            return None
         arrays = kernel_inputs([base, *ctx.models])
         if arrays is None:
             return None
-        n = base.numel()
         m = len(ctx.models)
         mode = np.zeros(m, np.int64)
         thr = np.zeros(m, np.int64)
         scale = np.ones(m, np.float32)
         apply_scale = np.zeros(m, np.bool_)
         keys = np.zeros(m, np.uint64)
-        topk: list[int | None] = [None] * m
-        l1_models: list[int] = []  # DARE with the L1 rescale: norms first, in one exact pass
+        bands: list[tuple[int, int] | None] = [None] * m
+        levels = factors = None
+        l1_models: list[int] = []  # random drops with the L1 rescale: norms first, in one exact pass
+        count_rounding = ctx.params.get("count_rounding", "round")
         for i, mp in enumerate(ctx.model_params):
             if self.sparsifier == "dare":
                 t, keep = quantized_keep(mp["drop_rate"])
@@ -187,31 +194,56 @@ class TaskArithmeticFamily(MergeMethod):
                         l1_models.append(i)
             elif self.sparsifier in ("magnitude", "magnitude_prune"):
                 if self.sparsifier == "magnitude":
-                    k = keep_count(n, mp["density"], ctx.params.get("count_rounding", "round"))
+                    k = keep_count(n, mp["density"], count_rounding)
                 else:
                     k = keep_count(n, 1.0 - mp["drop_rate"])
                 if k < n:
-                    mode[i], topk[i] = cpu.SPARSE_TOPK, k
+                    mode[i], bands[i] = cpu.SPARSE_TOPK, (n - k, n)
                     if self.sparsifier == "magnitude_prune" and rescale == "inverse":
                         scale[i], apply_scale[i] = 1.0 / (k / n), True
-        if l1_models:
-            wanted = np.zeros(m, np.bool_)
-            wanted[l1_models] = True
-            norms = cpu.dare_l1_norms(arrays[0], arrays[1:], wanted, thr, keys)
-            for i in l1_models:
-                factor = l1_scale(exact_l1(norms[i, 0]), exact_l1(norms[i, 1]))
-                if factor is not None:
-                    scale[i], apply_scale[i] = factor, True
+            elif self.sparsifier == "breadcrumbs":
+                density, gamma = mp["density"], mp["gamma"]
+                if not (0.0 < density <= 1.0 and 0.0 <= gamma < 1.0):
+                    return None  # the reference says what is wrong
+                if density < 1.0 and n:
+                    mode[i], bands[i] = cpu.SPARSE_TOPK, breadcrumbs_band(n, density, gamma, count_rounding)
+            elif self.sparsifier == "della":
+                density, epsilon = mp["density"], mp["epsilon"]
+                if not (0.0 < density <= 1.0 and 0.0 <= epsilon and density - epsilon > 0.0 and density + epsilon <= 1.0):
+                    return None  # the reference says what is wrong
+                if density < 1.0:
+                    if levels is None:
+                        levels, factors = np.ones((m, cols), np.int32), np.ones((m, cols), np.float32)
+                    # the reference's own keep levels and survivor factors, for ranks 0..cols-1
+                    level = keep_levels(della_keep_probabilities(torch.arange(cols, dtype=torch.float32), density, epsilon))
+                    levels[i] = level.to(torch.int32).numpy()
+                    factors[i] = (LEVELS / level).numpy()
+                    mode[i], keys[i] = cpu.SPARSE_DELLA, stream_key(ctx.key(i))
+                    if rescale == "inverse":
+                        apply_scale[i] = True
+                    elif rescale == "l1":
+                        l1_models.append(i)
         weights = [float(mp["weight"]) for mp in ctx.model_params]
         lam = float(ctx.params["lambda"])
         spec = cpu.TaskArithmeticSpec(
             weights=np.array(weights, np.float32), mode=mode, dare_threshold=thr, keys=keys,
             scale=scale, apply_scale=apply_scale, consensus=self.consensus,
             normalize=bool(ctx.params["normalize"]), weight_sum=sum(weights), lam=lam,
-            apply_lam=lam != 1.0,
+            apply_lam=lam != 1.0, cols=cols, levels=levels, factors=factors,
+            masks=np.zeros((m, (n + 7) // 8), np.uint8) if l1_models and self.sparsifier == "della" else None,
         )
+        if l1_models:
+            wanted = np.zeros(m, np.bool_)
+            wanted[l1_models] = True
+            norms = cpu.random_drop_l1_norms(arrays[0], arrays[1:], wanted, spec)
+            for i in l1_models:
+                if self.sparsifier == "della":
+                    mode[i] = cpu.SPARSE_MASK  # the keep bits are in spec.masks now
+                factor = l1_scale(exact_l1(norms[i, 0]), exact_l1(norms[i, 1]))
+                if factor is not None:
+                    scale[i], apply_scale[i] = factor, True
         out = kernel_output(n, out_dtype, ctx.out_buffer)
-        bad = cpu.task_arithmetic(arrays[0], arrays[1:], out, spec, topk)
+        bad = cpu.task_arithmetic(arrays[0], arrays[1:], out, spec, bands)
         if bad:
             raise NonFiniteInput(None if bad == 1 else bad - 2)
         return as_torch(out, base.shape, out_dtype, ctx.out_buffer)
