@@ -85,6 +85,8 @@ _MK_METHOD_NOTES = {
     "sce": "sce: where select_topk keeps ⌊n·select_topk⌋ = 0 elements of a tensor, fusion_ui keeps its "
            "most-varying one and mergekit none (the tensor stays the base's)",
 }
+# Plain-sum methods where mergekit divides by 1 when the weights cancel (its linear divides by 0).
+_MK_SUMS = {"task_arithmetic", "dare_linear", "breadcrumbs", "della_linear"}
 # Methods whose kept-element counts mergekit floors (⌊density·n⌋; fusion_ui rounds by default).
 _MK_FLOOR_COUNTS = {"ties", "breadcrumbs", "breadcrumbs_ties"}
 # Methods whose mergekit definition reads no per-model weight (a weight given is ignored there).
@@ -282,6 +284,9 @@ def _common_keys(
     """mergekit's per-method defaults, dtype and tokenizer, added to converted recipe data."""
     if mk_method in _MK_NORMALIZE:
         g_params.setdefault("normalize", _MK_NORMALIZE[mk_method])
+    if mk_method in _MK_SUMS and g_params.get("normalize") is True and _weights_cancel(recipe_data, g_params):
+        # mergekit divides a sum whose weights cancel by 1 instead of refusing: the plain sum
+        g_params["normalize"] = False
     if mk_method == "model_stock":
         g_params.setdefault("clamp_negative", False)  # mergekit extrapolates on negative cosines
     if mk_method in _MK_FLOOR_COUNTS:
@@ -302,6 +307,16 @@ def _common_keys(
             raise RecipeError("mergekit tokenizer_source: union is not supported; use base or a model")
         recipe_data["tokenizer_source"] = _model_ref(tokenizer)
     return recipe_data
+
+
+def _weights_cancel(recipe_data: dict[str, Any], g_params: dict[str, Any]) -> bool:
+    """Whether a ``models:`` recipe's weights are plain numbers (no ramp, no filter) summing to 0."""
+    if "models" not in recipe_data or any("weight" in str(o) for o in recipe_data["overrides"]):
+        return False
+    weights = [entry.get("weight", g_params.get("weight")) for entry in recipe_data["models"]]
+    if not weights or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights):
+        return False
+    return abs(sum(weights)) < 1e-8
 
 
 def _share_param(method: MergeMethod) -> ParamSpec | None:

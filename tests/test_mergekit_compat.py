@@ -158,3 +158,21 @@ def test_model_stock_export_states_the_clamp_and_round_trips() -> None:
     assert any("extrapolates" in n for n in notes)
     back = recipe_from_dict(yaml.safe_load(text))
     assert back.parameters == {"filter_wise": False, "clamp_negative": False}  # mergekit's semantics
+
+
+def test_cancelling_weights_under_normalize_are_the_plain_sum_as_in_mergekit() -> None:
+    # mergekit divides by 1 where the weights sum to 0 (used to be refused: "would divide by 0")
+    config = {"merge_method": "task_arithmetic", "base_model": "b", "parameters": {"normalize": True},
+              "models": [{"model": "x", "parameters": {"weight": 1.0}}, {"model": "y", "parameters": {"weight": -1.0}}]}
+    r = recipe_from_dict(config)
+    assert r.parameters["normalize"] is False
+    params, model_params = r.resolve("model.layers.0.mlp.up_proj.weight", 2)
+    r.merge_method.check(params, model_params)  # no refusal
+    # weights that do not cancel keep mergekit's normalize
+    config["models"][1]["parameters"]["weight"] = -0.5
+    assert recipe_from_dict(config).parameters["normalize"] is True
+    # and a native recipe still refuses: dividing by a zero sum is not a choice fusion_ui makes silently
+    with pytest.raises(RecipeError, match="sum to 0"):
+        native = recipe_from_dict({"method": "task_arithmetic", "base": "b", "parameters": {"normalize": True},
+                                   "models": [{"model": "x", "weight": 1.0}, {"model": "y", "weight": -1.0}]})
+        native.merge_method.check(*native.resolve("w", 2))
