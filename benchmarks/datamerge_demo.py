@@ -205,24 +205,7 @@ def demo(args: argparse.Namespace) -> None:
     table = table[[s for s in [*experts, GENERAL] if s in table.columns]]
     table["mean (experts)"] = table[list(experts)].mean(axis=1)
 
-    merges = []
-    for name, recipe in recipes[3:]:
-        file = (
-            work / f"{recipe['method']}{'_dare' if recipe['parameters'].get('dare') else ''}.yaml"
-        )
-        file.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        seconds, rss, _ = run_child(
-            cli(
-                "merge",
-                str(file),
-                "--out",
-                str(work / f"merged_{file.stem}"),
-                "--force",
-                "--device",
-                args.device,
-            )
-        )
-        merges.append({"merge": name, "command s": round(seconds, 1), "peak RSS MB": round(rss)})
+    merges = [timed_merge(name, recipe, work, args.device) for name, recipe in recipes[3:]]
 
     pd.set_option("display.width", 200)
     counts = {k: int(v) for k, v in results.groupby("skill")["n"].first().items()}
@@ -239,6 +222,16 @@ def demo(args: argparse.Namespace) -> None:
     print(pd.DataFrame(merges).set_index("merge").to_string())
     print(f"\nworking folder (examples, statistics, recipes, merges): {work}")
     print("command: python benchmarks/datamerge_demo.py " + " ".join(sys.argv[1:]))
+
+
+def timed_merge(name: str | None, recipe: dict, work: Path, device: str) -> dict:
+    """Write ``recipe`` into ``work`` and time ``fusion-ui merge`` of it as one process."""
+    file = work / f"{recipe['method']}{'_dare' if recipe['parameters'].get('dare') else ''}.yaml"
+    file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    seconds, rss, _ = run_child(
+        cli("merge", str(file), "--out", str(work / f"merged_{file.stem}"), "--force", "--device", device)
+    )
+    return {"merge": name or file.stem, "command s": round(seconds, 1), "peak RSS MB": round(rss)}
 
 
 def synthetic(args: argparse.Namespace) -> None:
@@ -262,25 +255,10 @@ def synthetic(args: argparse.Namespace) -> None:
     fts = {n: p for n, p in paths.items() if n != "base"}
     # one example per Fisher batch: 4 per-example gradients of 0.9B parameters would be 14 GB
     cost = statistics(fts, dict.fromkeys(fts, data_file), work, args.device, fisher_batch=1)
-    merges = []
-    for method, dare in (("fisher", False), ("regmean", False), ("regmean", True)):
-        recipe = data_aware(method, fts, work, paths["base"], dare)
-        file = work / f"{method}{'_dare' if dare else ''}.yaml"
-        file.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        seconds, rss, _ = run_child(
-            cli(
-                "merge",
-                str(file),
-                "--out",
-                str(work / f"merged_{file.stem}"),
-                "--force",
-                "--device",
-                args.device,
-            )
-        )
-        merges.append(
-            {"merge": file.stem, "command s": round(seconds, 1), "peak RSS MB": round(rss)}
-        )
+    merges = [
+        timed_merge(None, data_aware(method, fts, work, paths["base"], dare), work, args.device)
+        for method, dare in (("fisher", False), ("regmean", False), ("regmean", True))
+    ]
     print(
         f"synthetic family {args.synthetic}, {args.examples} examples of 32 tokens, device {args.device}"
     )
