@@ -171,8 +171,9 @@ def recipe_from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
     else:
         global_density = g_params.pop(_MK_DENSITY, 1.0)  # mergekit's default: keep everything
         recipe_models = [
-            {"model": m["model"], **_model_params(mk_method, method, m["model"], m["raw"], overrides, i,
-                                                   g_params, global_density, "weight" in g_params)}
+            _zero_density_as_base(method, base, m["model"], _model_params(
+                mk_method, method, m["model"], m["raw"], overrides, i, g_params, global_density,
+                "weight" in g_params))
             for i, m in enumerate(models)
         ]
     recipe_data: dict[str, Any] = {
@@ -208,6 +209,26 @@ def _model_params(
     if share is not None:  # otherwise mergekit accepts `density` and ignores it
         params[share.name] = density if share.name == _MK_DENSITY else complement_value(density)
     return params
+
+
+def _zero_density_as_base(
+    method: MergeMethod, base: str | None, ref: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """One model's recipe entry; a model at mergekit ``density: 0`` becomes the base, kept.
+
+    mergekit sparsifies a delta at density 0 to all zeros (every sparsification method: top-k,
+    Bernoulli, breadcrumbs, DELLA), so that model contributes a zero delta while its weight
+    still counts where weights are normalised. Our primitives keep a share in (0, 1]; the exact
+    equivalent is the base itself as that model (δ = θ0 − θ0 = 0) with nothing dropped."""
+    share = _share_param(method)
+    if share is None or base is None:
+        return {"model": ref, **params}
+    keep_all = 1.0 if share.name == _MK_DENSITY else 0.0
+    value = params.get(share.name)
+    zero = 0.0 if share.name == _MK_DENSITY else 1.0  # density 0 is drop rate 1
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != zero:
+        return {"model": ref, **params}
+    return {"model": base, **params, share.name: keep_all}
 
 
 def _slices(
@@ -361,6 +382,12 @@ def recipe_to_mergekit(recipe: Recipe) -> tuple[str | None, list[str]]:
                 else:
                     params[spec.name] = value
             models.append({"model": entry.model, "parameters": params} if params else {"model": entry.model})
+            if recipe.base is not None and entry.model == recipe.base:
+                notes.append(
+                    f"{entry.model} is both the base and a model (a zero delta, as a mergekit "
+                    "`density: 0` imports); mergekit reads a listed base as the base only, so where "
+                    "weights are normalised its result differs"
+                )
         out["models"] = models
     gparams: dict[str, Any] = {}
     for spec in method.global_params():

@@ -176,3 +176,44 @@ def test_cancelling_weights_under_normalize_are_the_plain_sum_as_in_mergekit() -
         native = recipe_from_dict({"method": "task_arithmetic", "base": "b", "parameters": {"normalize": True},
                                    "models": [{"model": "x", "weight": 1.0}, {"model": "y", "weight": -1.0}]})
         native.merge_method.check(*native.resolve("w", 2))
+
+
+@pytest.mark.parametrize("method, normalize, expected_share", [
+    ("dare_linear", True, 0.5),  # normalised linear: the zero delta's weight still divides
+    ("ties", True, 1.0),  # sign election: a zero delta never agrees, so it does not divide
+    ("della", True, 1.0),
+])
+def test_density_zero_is_a_zero_delta_as_in_mergekit(method: str, normalize: bool, expected_share: float) -> None:
+    # mergekit sparsifies a delta at density 0 to zeros (used to be refused: "density must be in (0, 1]")
+    import torch
+    from safetensors.torch import load_file
+
+    from fusion_ui.demo import DEMO_DIR
+    from fusion_ui.merge import merge_to_state_dict
+
+    base, upper, shift = (str(DEMO_DIR / n) for n in ("base", "expert_upper", "expert_shift"))
+    params: dict = {"normalize": normalize}
+    if method == "della":
+        params["epsilon"] = 0.1
+    config = {"merge_method": method, "base_model": base, "dtype": "float32", "parameters": params,
+              "models": [{"model": upper, "parameters": {"weight": 1.0, "density": 0.0}},
+                         {"model": shift, "parameters": {"weight": 1.0, "density": 1.0}}]}
+    recipe = recipe_from_dict(config)
+    assert recipe.models[0].model == base  # the density-0 model is the base itself: δ = 0
+    merged = merge_to_state_dict(recipe, device="cpu")
+    theta0, theta2 = load_file(f"{base}/model.safetensors"), load_file(f"{shift}/model.safetensors")
+    name = "model.layers.1.mlp.up_proj.weight"
+    want = theta0[name].float() + expected_share * (theta2[name].float() - theta0[name].float())
+    torch.testing.assert_close(merged[name], want, rtol=0, atol=1e-6)
+    _, notes = recipe_to_mergekit(recipe)
+    assert any("both the base and a model" in n for n in notes)
+
+
+def test_density_zero_inside_a_filter_list_is_still_refused_by_name() -> None:
+    config = {"merge_method": "ties", "base_model": "b",
+              "models": [{"model": "x", "parameters": {"weight": 1.0,
+                                                       "density": [{"filter": "mlp", "value": 0.0}, {"value": 0.5}]}}]}
+    with pytest.raises(RecipeError, match="density"):
+        r = recipe_from_dict(config)
+        for name in ("model.layers.0.mlp.up_proj.weight",):
+            r.merge_method.check(*r.resolve(name, 1))

@@ -227,12 +227,12 @@ def della(
     """DELLA (Deep et al. 2024): magnitude-ranked random drop, survivors rescaled by 1/p_keep each."""
     if not 0.0 < density <= 1.0:
         raise ValueError(f"density must be in (0, 1], got {density}")
+    if density == 1.0:
+        return delta.clone()  # nothing dropped, whatever epsilon (as mergekit)
     if not (0.0 <= epsilon and density - epsilon > 0.0 and density + epsilon <= 1.0):
         raise ValueError(
             f"epsilon must keep density ± epsilon inside (0, 1]; got density={density}, epsilon={epsilon}"
         )
-    if density == 1.0:
-        return delta.clone()
     prob = della_keep_probabilities(delta, density, epsilon)
     levels = keep_levels(prob)  # quantised keep probability * 65536
     keep = random16(delta.numel(), key, delta.device).view(delta.shape) < levels
