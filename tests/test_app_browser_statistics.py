@@ -41,6 +41,15 @@ def test_regmean_computes_the_statistics_fills_the_folders_and_merges(tmp_path: 
             page.get_by_role("option", name="RegMean (regmean)").first.click()
             expect(page.locator("#recipe-note")).to_contain_text("ready: regmean of", timeout=TIMEOUT_MS)
             expect(section).to_be_visible()
+            # DARE in front is off: its drop rate, seed and preview are hidden until it is ticked
+            drop = page.locator("#drop_rate-0").first
+            expect(drop).to_be_hidden()
+            expect(page.locator("#seed").first).to_be_hidden()
+            page.locator("#param-dare input").first.check()
+            expect(drop).to_be_visible(timeout=TIMEOUT_MS)
+            expect(page.locator("#seed").first).to_be_visible()
+            page.locator("#param-dare input").first.uncheck()
+            expect(drop).to_be_hidden(timeout=TIMEOUT_MS)
             expect(page.get_by_label("the demo's skill examples (each expert on its own skill)")).to_be_checked()
             page.locator("#stats-examples input").fill("8")
             page.click("#stats-compute")

@@ -189,3 +189,12 @@ def test_the_card_says_when_the_base_is_not_read_and_what_the_seed_does(tiny: di
         card = model_card(plan, "method: dare_linear\n", None)
     assert f"| base | `{tiny['base']}` |  |" in card
     assert "seed: `4` (keys the random drop masks" in card
+
+
+def test_switched_parameters_are_the_drop_behind_a_base_switch() -> None:
+    # Fisher / RegMean drop only with `dare: true`; the app hides the drop controls while it is off
+    for name in ("fisher", "regmean"):
+        schema = get_method(name).schema()
+        assert schema["switch"] == "dare" and schema["switched"] == ["drop_rate", "rescale"]
+    assert get_method("slerp").schema()["switched"] == []  # its switch (task vectors) gates no drop
+    assert get_method("dare_ties").schema()["switched"] == []  # always drops: nothing gated

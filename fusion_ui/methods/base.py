@@ -184,9 +184,19 @@ class MergeMethod(ABC):
         """
         return None
 
+    def switched_params(self) -> tuple[str, ...]:
+        """Parameters that act only while the method's base switch is on: the random drop's rate
+        and its rescale, where the drop is switched (DARE in front of Fisher / RegMean)."""
+        caps = self.capabilities
+        if caps.base_switch is None or caps.random_drop is None:
+            return ()
+        return tuple(n for n in (caps.random_drop.rate, caps.rescale) if n)
+
     def schema(self) -> dict[str, Any]:
         """Plain data describing the method and its parameters, for a UI."""
         return {
+            "switch": self.capabilities.base_switch,
+            "switched": list(self.switched_params()),
             "name": self.name,
             "title": self.title,
             "summary": self.summary,

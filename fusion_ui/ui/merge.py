@@ -72,6 +72,15 @@ def _params_union(schemas: dict[str, dict[str, Any]]) -> tuple[dict[str, dict], 
     return per_model, global_
 
 
+def _switch_on(schema: dict[str, Any], specs: dict[str, dict], values: dict[str, Any]) -> bool:
+    """Whether the method's switched parameters act: its base switch is on (from a recipe's
+    values, else the switch's default); True for a method with none."""
+    if not schema["switched"]:
+        return True
+    value = values.get(schema["switch"])
+    return bool(specs[schema["switch"]]["default"] if value is None else _first(value))
+
+
 def _control(spec: dict[str, Any], *, elem_id: str) -> gr.components.Component:
     """An input for one parameter, from its kind (float/int slider, checkbox, dropdown)."""
     label, info = spec.get("label") or spec["name"], spec.get("help") or None
@@ -488,8 +497,10 @@ class MergeHandlers:
         refs = (selection or {}).get("models", [])[:MAX_MODELS]
         form, exact = form_of(recipe_obj, refs) if recipe_obj is not None else (None, True)
         statistics = self.shared.engine.statistics
+        switched = set(schema["switched"])
+        on = _switch_on(schema, specs, form.globals if form is not None else {})
         out: dict[Any, Any] = {t.method: gr.update(value=name), t.about: _about(schema),
-                               t.preview_box: gr.update(visible=self.merges.previewable(name)),
+                               t.preview_box: gr.update(visible=self.merges.previewable(name) and on),
                                t.stats.box: gr.update(visible=statistics.kind_of(name) is not None)}
         if keep_ticks:
             out[t.stats.data] = gr.skip()
@@ -507,12 +518,14 @@ class MergeHandlers:
             values = form.per_model.get(pname, []) if form is not None else []
             for i in range(MAX_MODELS):
                 value = values[i] if i < len(values) else None
-                out[t.per_model[pname][i]] = _update(spec, visible=pname in specs, value=_first(value))
+                out[t.per_model[pname][i]] = _update(spec, visible=pname in specs and (on or pname not in switched),
+                                                     value=_first(value))
         for gname in sorted(self.global_specs):
             spec = specs.get(gname, self.global_specs[gname])
             value = form.globals.get(gname) if form is not None else None
-            out[t.global_[gname]] = _update(spec, visible=gname in specs, value=_first(value))
-        out[t.seed] = gr.update(visible=schema["uses_seed"], value=form.seed if form is not None else 0)
+            out[t.global_[gname]] = _update(spec, visible=gname in specs and (on or gname not in switched),
+                                            value=_first(value))
+        out[t.seed] = gr.update(visible=schema["uses_seed"] and on, value=form.seed if form is not None else 0)
         if form is not None:
             ramp_name, first, last = form.ramp if form.ramp is not None else (NO_RAMP, 0.9, 0.9)
             dtype_label = next((k for k, v in DTYPES.items() if v == (form.dtype or "")), BASE_DTYPE)
@@ -520,6 +533,20 @@ class MergeHandlers:
                     t.ramp_first: first, t.ramp_last: last, t.overrides: form.overrides, t.dtype: dtype_label,
                     t.as_written: not exact}
         out[t.preview_model] = gr.update(choices=labels, value=labels[0] if labels else None)
+        return out
+
+    @user_errors
+    def toggle_switch(self, name: str, on: bool) -> dict[Any, Any]:
+        """Show the controls that act only while the method's switch is on (DARE's drop rate,
+        rescale, seed and preview in front of Fisher / RegMean), hide them while it is off."""
+        t, schema = self.tab, self.schemas[name]
+        out: dict[Any, Any] = {}
+        for pname in schema["switched"]:
+            for ctl in [*t.per_model.get(pname, []), *([t.global_[pname]] if pname in t.global_ else [])]:
+                out[ctl] = gr.update(visible=bool(on))
+        if schema["switched"]:
+            out[t.seed] = gr.update(visible=schema["uses_seed"] and bool(on))
+            out[t.preview_box] = gr.update(visible=self.merges.previewable(name) and bool(on))
         return out
 
     def on_slot(self, i: int | None, *, merge_live: bool = True) -> Callable[..., Iterator[dict[Any, Any]]]:
@@ -558,6 +585,12 @@ def _wire(shared: Shared, t: MergeTab, h: MergeHandlers) -> None:
                 t.dtype, t.ramp_param, t.as_written, t.overrides]:
         ctl.input(h.on_slot(None), form, refresh_outputs, api_name="change_global", **hidden, **JOB_EVENT)
     t.recipe.input(h.on_slot(None), form, refresh_outputs, api_name="edit_recipe", **hidden, **JOB_EVENT)
+    switched = sorted({p for schema in h.schemas.values() for p in schema["switched"]})
+    gated = [*(c for p in switched for c in t.per_model.get(p, [])),
+             *(t.global_[p] for p in switched if p in t.global_), t.seed, t.preview_box]
+    for switch in sorted({s["switch"] for s in h.schemas.values() if s["switched"]}):
+        t.global_[switch].input(h.toggle_switch, [t.method, t.global_[switch]], gated, api_name="toggle_switch",
+                                **hidden, **QUICK)
 
     st = t.stats
     folder_boxes = [box for name in sorted(t.per_model) for box in t.per_model[name]
