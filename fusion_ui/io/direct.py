@@ -83,7 +83,7 @@ class OutputFile:
             self._fill += n
             pos += n
             if self._fill == len(staging):
-                self._flush(len(staging))
+                self._flush(staging, len(staging))
 
     def close(self) -> None:
         """Write what is staged (padded to a block, then truncated back) and close."""
@@ -93,7 +93,7 @@ class OutputFile:
             if self._staging is not None and self._fill:
                 padded = -(-self._fill // ALIGN) * ALIGN
                 self._staging[self._fill:padded] = 0
-                self._flush(padded)
+                self._flush(self._staging, padded)
                 os.ftruncate(self._fd, self.size)
         finally:
             os.close(self._fd)
@@ -105,9 +105,9 @@ class OutputFile:
         self._staging = None
         self.close()
 
-    def _flush(self, nbytes: int) -> None:
-        assert self._staging is not None
-        view = memoryview(self._staging[:nbytes])
+    def _flush(self, staging: np.ndarray, nbytes: int) -> None:
+        """Write the first ``nbytes`` of the staging buffer at the file's flushed offset."""
+        view = memoryview(staging[:nbytes])
         try:
             _write_all(self._fd, view, self._flushed)
         except OSError as exc:
