@@ -215,5 +215,4 @@ def test_density_zero_inside_a_filter_list_is_still_refused_by_name() -> None:
                                                        "density": [{"filter": "mlp", "value": 0.0}, {"value": 0.5}]}}]}
     with pytest.raises(RecipeError, match="density"):
         r = recipe_from_dict(config)
-        for name in ("model.layers.0.mlp.up_proj.weight",):
-            r.merge_method.check(*r.resolve(name, 1))
+        r.merge_method.check(*r.resolve("model.layers.0.mlp.up_proj.weight", 1))
